@@ -1,0 +1,131 @@
+"""The one registry of sensors (modalities) AnySat knows.
+
+Everything that depends on a sensor (projector kind and kernel, sub-patch size, band order, whether it
+is a time series) is read from here: the model, the store writer and the data loader never hard-code a
+sensor. A user adds a new sensor with :func:`register_sensor` and the model builds a projector for it
+without code changes::
+
+    from anysat.sensors import Sensor, register_sensor
+    register_sensor(Sensor("hls", resolution_m=30, bands=("B02", "B03", "B04", "B8A", "B11", "B12"),
+                           time_series=True, projector="ltae", reduce_scale=3, subpatch_m=30, t0=366))
+
+Band tuples are the order the *model* consumes. Some bands are derived by the loader from raw bands
+(the S1/ALOS cross-polarisation ratio); :attr:`Sensor.derived` names them so the store can keep only
+what the archive holds (lossless) and the loader recomputes the rest exactly as the official code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Sensor", "SENSORS", "register_sensor", "get_sensor", "sensor_keys", "DerivedBand"]
+
+
+@dataclass(frozen=True)
+class DerivedBand:
+    """A band computed from two raw bands: ``clamp(num / (den + eps), -clip, clip)``."""
+
+    name: str
+    numerator: str
+    denominator: str
+    eps: float = 1e-10
+    clip: float = 1e4
+
+
+@dataclass(frozen=True)
+class Sensor:
+    key: str
+    resolution_m: float
+    bands: tuple[str, ...]
+    time_series: bool
+    projector: Literal["vhr", "ltae"]
+    subpatch_m: float
+    """Side of one sub-patch token in metres (delta_m of the spec): 2 m aerial, 10 m S2, 30 m ALOS..."""
+    kernel: int = 1
+    """VHR only: conv kernel = pixels per sub-patch side."""
+    reduce_scale: int = 1
+    """LTAE only: native pixels are ``reduce_scale`` x 10 m; patches group ``s // reduce_scale`` pixels."""
+    t0: int = 367
+    """LTAE only: period base of the temporal sinusoid."""
+    in_norm: bool = False
+    """LTAE only: GroupNorm over channels x time before the temporal attention (official: s2 only)."""
+    dropout: float = 0.2
+    """LTAE only: dropout of the input/output MLPs (training only)."""
+    context: bool = False
+    """One token per tile placed before the patch tokens, no positional encoding (MODIS)."""
+    derived: tuple[DerivedBand, ...] = field(default_factory=tuple)
+
+    @property
+    def channels(self) -> int:
+        return len(self.bands)
+
+    @property
+    def raw_bands(self) -> tuple[str, ...]:
+        """Bands an archive must provide; the derived ones are recomputed by the loader."""
+        names = {d.name for d in self.derived}
+        return tuple(b for b in self.bands if b not in names)
+
+    def subpatches_per_side(self, patch_m: float) -> int:
+        """g_m of the spec: sub-patch tokens per patch side at patch size ``patch_m`` metres."""
+        if self.context:
+            return 1
+        return max(1, int(patch_m // self.subpatch_m))
+
+
+_S1_RATIO = DerivedBand("VV/VH", "VV", "VH")
+_ALOS_RATIO = DerivedBand("HH/HV", "HH", "HV")
+_S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
+
+SENSORS: dict[str, Sensor] = {}
+
+
+def register_sensor(sensor: Sensor, *, overwrite: bool = False) -> Sensor:
+    """Add a sensor to the registry (the model then builds a projector for it by key)."""
+    if sensor.key in SENSORS and not overwrite:
+        if SENSORS[sensor.key] == sensor:
+            return sensor
+        raise ValueError(f"sensor {sensor.key!r} is already registered with other settings; "
+                         "pass overwrite=True to replace it")
+    if sensor.projector not in ("vhr", "ltae"):
+        raise ValueError(f"sensor {sensor.key!r}: projector must be 'vhr' or 'ltae', got {sensor.projector!r}")
+    if sensor.projector == "vhr" and sensor.time_series:
+        raise ValueError(f"sensor {sensor.key!r}: the VHR projector takes single-date images")
+    if sensor.projector == "ltae" and not sensor.time_series:
+        raise ValueError(f"sensor {sensor.key!r}: the LTAE projector takes time series")
+    SENSORS[sensor.key] = sensor
+    return sensor
+
+
+def get_sensor(key: str) -> Sensor:
+    try:
+        return SENSORS[key]
+    except KeyError:
+        raise ValueError(f"unknown sensor {key!r}; known sensors: {', '.join(sorted(SENSORS))}. "
+                         "Add new ones with anysat.sensors.register_sensor().") from None
+
+
+def sensor_keys() -> list[str]:
+    return list(SENSORS)
+
+
+# The 11 sensors of the released model, in the official projector order of the state dict.
+for _s in (
+    Sensor("aerial", 0.2, ("NIR", "G", "B", "R"), False, "vhr", subpatch_m=2, kernel=10),
+    Sensor("aerial-flair", 0.2, ("R", "G", "B", "NIR", "elevation"), False, "vhr", subpatch_m=2, kernel=10),
+    Sensor("spot", 1.0, ("R", "G", "B"), False, "vhr", subpatch_m=10, kernel=10),
+    Sensor("naip", 1.25, ("R", "G", "B", "NIR"), False, "vhr", subpatch_m=10, kernel=8),
+    Sensor("s2", 10, _S2_BANDS, True, "ltae", subpatch_m=10, in_norm=True, dropout=0.0),
+    Sensor("s1-asc", 10, ("VV", "VH"), True, "ltae", subpatch_m=10),
+    Sensor("s1", 10, ("VV", "VH", "VV/VH"), True, "ltae", subpatch_m=10, derived=(_S1_RATIO,)),
+    Sensor("alos", 30, ("HH", "HV", "HH/HV"), True, "ltae", subpatch_m=30, reduce_scale=3,
+           derived=(_ALOS_RATIO,)),
+    Sensor("l7", 30, ("B1", "B2", "B3", "B4", "B5", "B7"), True, "ltae", subpatch_m=30, reduce_scale=3),
+    Sensor("l8", 10, ("B8", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11"), True, "ltae",
+           subpatch_m=10, t0=366, dropout=0.0),
+    Sensor("modis", 250, ("B1", "B2", "B3", "B4", "B5", "B6", "B7"), True, "ltae", subpatch_m=250,
+           reduce_scale=12, context=True),
+):
+    register_sensor(_s)
+
+OFFICIAL_SENSORS: tuple[str, ...] = tuple(SENSORS)

@@ -60,3 +60,7 @@ ingest: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) benchmarks/bench_ingest.py --out benchmarks/results/ingest.json
+
+# -- training service (issue 4): loader vs model vs full-trainer throughput ------------------------
+bench-train: $(STAMP)
+	$(PY) benchmarks/bench_train.py --stores $(OUT) --out benchmarks/results/train.json

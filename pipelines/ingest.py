@@ -1,0 +1,666 @@
+"""Ingest a raw archive into an anysat-ray store with Ray Data.
+
+::
+
+    python -m pipelines.ingest --dataset planted --raw data/raw/planted --out data/stores
+    make ingest DATASET=planted RAW=... OUT=...                      # writes <OUT>/<dataset>.zarr
+    ray job submit --address ... --working-dir . -- python -m pipelines.ingest --dataset ... --raw s3://... --out s3://...
+
+Exit codes: 0 every listed tile is in the store; 3 the store is complete but some tiles were
+quarantined (see ``quarantine.json`` in the store and the ``quarantine`` attribute); 2 usage error
+(unknown dataset, missing raw path, a foreign / other-version store at the output path, an archive
+whose listing changed under a half-finished store), printed as one line without traceback.
+
+How it works, and why:
+
+1. **List** (driver): ``Source.list_tiles()``, stably sorted by split (train, val, test, others by name),
+   so each split is a contiguous index range and the trainer reads whole shards per split.
+2. **Probe** (Ray Data, one task per group of tiles): ``Source.probe(ref)`` returns shapes, dtypes and
+   date counts, from file headers where the source can (PLANTED). This is how ``T_max`` per sensor is
+   known before the arrays are created: a per-dataset bound would either waste space (PLANTED MODIS has
+   T=60, S2 8) or be wrong for an archive version we have not seen; the probe reads a fraction of the
+   bytes of the full read and also finds the broken tiles early. Tiles whose probe fails, or whose shape
+   disagrees with the sensor registry or with the rest of the archive, are quarantined here and get
+   **no index**: the store's indices stay contiguous and every slot is a real tile.
+3. **Plan**: the layout (N, T_max, C, H, W, dtypes, masks, labels) and the probe quarantine are saved
+   as ``_ingest/plan.json`` once the empty arrays exist. A rerun loads the plan (after checking that the
+   archive listing hashes the same) instead of re-probing.
+4. **Write** (Ray Data, one task per shard): read every tile of the shard, validate it against the plan,
+   write the whole shard (one object per array), then write ``_ingest/shards/<i>.json`` with the shard's
+   partial train statistics and quarantine records. A tile that passed the probe but fails the full read
+   keeps its slot with split ``"quarantined"`` (zero data, dates -1), so shard alignment never moves.
+5. **Finish** (driver): merge the shard records in shard order (statistics are exact float64 sums, so a
+   resumed run produces the same bits as an uninterrupted one), write the attrs and ``quarantine.json``.
+
+Resume: a shard is complete iff its marker exists (markers are written last and atomically); a rerun
+skips those and rewrites the others, whatever state a killed run left them in. Tile order, layout and
+statistics are deterministic, so a killed-and-rerun ingest equals an uninterrupted one (provenance
+timestamps aside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import pickle
+import platform
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from anysat.sensors import get_sensor
+from pipelines import store as st
+from pipelines.datasets import DatasetSpec, get_dataset
+from pipelines.sources.base import Source, Tile, TileError, TileProbe, TileRef
+
+EXIT_OK, EXIT_USAGE, EXIT_QUARANTINED = 0, 2, 3
+PLAN_KEY = "_ingest/plan.json"
+SHARD_DIR = "_ingest/shards"
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+
+
+class IngestError(Exception):
+    """A problem the user must fix (printed as one line, exit code 2)."""
+
+
+@dataclass
+class IngestResult:
+    url: str
+    n_listed: int
+    n_tiles: int
+    written: int
+    quarantine: list[dict]
+    shards_total: int
+    shards_written: int
+    seconds: float
+    bytes_written: int
+    probe_seconds: float = 0.0
+    write_seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_QUARANTINED if self.quarantine else EXIT_OK
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_written / 1e6 / max(self.write_seconds, 1e-9)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sources inside workers (cached per process: building one may list or open shared files)
+# ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SourceSpec:
+    dataset: str
+    raw: str
+    storage_options_json: str = "{}"
+
+    def build(self) -> Source:
+        return _cached_source(self)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_source(spec: SourceSpec) -> Source:
+    cls = get_dataset(spec.dataset).source_class()
+    return cls(spec.raw, storage_options=json.loads(spec.storage_options_json))
+
+
+def _qrecord(ref: TileRef, path: str, reason: str, stage: str, index: int | None = None) -> dict:
+    return {"tile": ref.id, "split": ref.split, "file": path, "reason": reason, "stage": stage,
+            **({"index": index} if index is not None else {})}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Listing and probing
+# ----------------------------------------------------------------------------------------------------
+def ordered_listing(source: Source) -> list[TileRef]:
+    refs = list(source.list_tiles())
+    return sorted(refs, key=lambda r: (SPLIT_ORDER.get(r.split, 99), "" if r.split in SPLIT_ORDER else r.split))
+
+
+def listing_hash(refs: list[TileRef]) -> str:
+    h = hashlib.sha256()
+    for r in refs:
+        h.update(f"{r.split}\t{r.id}\n".encode())
+    return h.hexdigest()
+
+
+def _probe_group(source_spec: SourceSpec, refs: list[TileRef]) -> list[TileProbe | tuple[str, str]]:
+    source = source_spec.build()
+    out: list[TileProbe | tuple[str, str]] = []
+    for ref in refs:
+        try:
+            out.append(source.probe(ref))
+        except TileError as e:
+            out.append((e.path, e.reason))
+        except Exception as e:  # a reader bug on one odd file must not abort a 2M-tile ingest
+            out.append((ref.id, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def _probe_row(source_spec: SourceSpec, row: dict) -> dict:
+    refs = pickle.loads(row["refs"])
+    return {"group": row["group"], "result": pickle.dumps(_probe_group(source_spec, refs))}
+
+
+def _mode(values: Iterable) -> Any:
+    c = Counter(values)
+    return c.most_common(1)[0][0] if c else None
+
+
+def plan_layout(spec: DatasetSpec, refs: list[TileRef], probes: list[TileProbe | tuple[str, str]],
+                tiles_per_shard: int) -> tuple[st.StoreLayout, list[int], list[dict]]:
+    """Decide the store layout from the probes; returns (layout, kept listing positions, quarantine).
+
+    Shapes are checked against the sensor registry (C = all bands or the raw bands), and H, W, dtype and
+    mask channels against the archive's most common value, so one odd tile cannot resize the store.
+    """
+    bad: dict[int, tuple[str, str]] = {}
+    for pos, pr in enumerate(probes):
+        if not isinstance(pr, TileProbe):
+            bad[pos] = pr
+    seen: dict[str, int] = {}
+    for pos, ref in enumerate(refs):
+        if ref.id in seen and pos not in bad:
+            bad[pos] = (ref.id, f"duplicate tile id (also at listing position {seen[ref.id]})")
+        seen.setdefault(ref.id, pos)
+
+    def ok(pos):
+        return pos not in bad
+
+    sensors: dict[str, st.SensorLayout] = {}
+    for key in spec.sensors:
+        sensor = get_sensor(key)
+        allowed = {len(sensor.bands): list(sensor.bands), len(sensor.raw_bands): list(sensor.raw_bands)}
+        have = [(pos, probes[pos].sensors[key]) for pos in range(len(refs)) if ok(pos) and key in probes[pos].sensors]
+        for pos, sp in have:
+            t, c = sp.shape[0], sp.shape[1]
+            if c not in allowed:
+                bad[pos] = (refs[pos].id, f"sensor {key}: {c} bands, expected {len(sensor.raw_bands)} "
+                                          f"({', '.join(sensor.raw_bands)})")
+            elif t < 1:
+                bad[pos] = (refs[pos].id, f"sensor {key}: no time steps")
+            elif not sensor.time_series and t != 1:
+                bad[pos] = (refs[pos].id, f"sensor {key}: {t} dates for a single-date sensor")
+            elif sp.dates is not None and sp.dates != t:
+                bad[pos] = (refs[pos].id, f"sensor {key}: {sp.dates} dates for T={t} time steps")
+        have = [(pos, sp) for pos, sp in have if ok(pos)]
+        if not have:
+            continue
+        chw = _mode(sp.shape[1:] for _, sp in have)
+        dtype = np.dtype(_mode(sp.dtype for _, sp in have))
+        mask_c = _mode(sp.mask_channels for _, sp in have if sp.mask_channels)
+        for pos, sp in have:
+            if tuple(sp.shape[1:]) != tuple(chw):
+                bad[pos] = (refs[pos].id, f"sensor {key}: (C, H, W) = {tuple(sp.shape[1:])} differs from the "
+                                          f"archive's {tuple(chw)}")
+            elif not np.can_cast(np.dtype(sp.dtype), dtype, "safe"):
+                bad[pos] = (refs[pos].id, f"sensor {key}: dtype {np.dtype(sp.dtype)} cannot be stored losslessly "
+                                          f"as the archive's {dtype}")
+            elif sp.mask_channels and mask_c and sp.mask_channels not in (1, mask_c):
+                bad[pos] = (refs[pos].id, f"sensor {key}: mask has {sp.mask_channels} bands, archive's have {mask_c}")
+        t_max = max((sp.shape[0] for pos, sp in have if ok(pos)), default=0)
+        if t_max == 0:
+            continue
+        sensors[key] = st.SensorLayout(key, int(t_max), int(chw[0]), int(chw[1]), int(chw[2]), dtype.str,
+                                       allowed[int(chw[0])], float(sensor.resolution_m), sensor.time_series,
+                                       int(mask_c) if mask_c else None)
+
+    labels: dict[str, st.LabelLayout] = {}
+    for lab in spec.labels:
+        have = [(pos, probes[pos].labels[lab.name]) for pos in range(len(refs))
+                if ok(pos) and lab.name in probes[pos].labels]
+        if not have:
+            continue
+        k = len(lab.classes)
+        for pos, (shape, dtype) in have:
+            shape = tuple(shape)
+            if lab.task == "multiclass" and shape != ():
+                bad[pos] = (refs[pos].id, f"label {lab.name}: shape {shape}, expected a scalar class index")
+            elif lab.task == "multilabel" and shape != (k,):
+                bad[pos] = (refs[pos].id, f"label {lab.name}: shape {shape}, expected ({k},) for {k} classes")
+            elif lab.task == "segmentation" and len(shape) != 2:
+                bad[pos] = (refs[pos].id, f"label {lab.name}: shape {shape}, expected (H, W)")
+        have = [(pos, lp) for pos, lp in have if ok(pos)]
+        if not have:
+            continue
+        shape = _mode(tuple(s) for _, (s, _) in have)
+        dtype = np.dtype(_mode(d for _, (_, d) in have))
+        for pos, (s, d) in have:
+            if tuple(s) != shape:
+                bad[pos] = (refs[pos].id, f"label {lab.name}: shape {tuple(s)} differs from the archive's {shape}")
+            elif not np.can_cast(np.dtype(d), dtype, "safe"):
+                bad[pos] = (refs[pos].id, f"label {lab.name}: dtype {np.dtype(d)} cannot be stored as {dtype}")
+        labels[lab.name] = st.LabelLayout(lab.name, lab.task, list(lab.classes), list(shape), dtype.str,
+                                          lab.ignore_index)
+
+    keep = [pos for pos in range(len(refs)) if ok(pos)]
+    quarantine = [_qrecord(refs[pos], path, reason, "probe", pos) for pos, (path, reason) in sorted(bad.items())]
+    layout = st.StoreLayout(spec.name, len(keep), int(tiles_per_shard), sensors, labels)
+    return layout, keep, quarantine
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing one shard
+# ----------------------------------------------------------------------------------------------------
+def _check_label(lab: st.LabelLayout, v: np.ndarray) -> str | None:
+    if tuple(v.shape) != tuple(lab.shape):
+        return f"label {lab.name}: shape {v.shape}, expected {tuple(lab.shape)}"
+    if not np.can_cast(v.dtype, np.dtype(lab.dtype), "safe"):
+        return f"label {lab.name}: dtype {v.dtype} cannot be stored as {np.dtype(lab.dtype)}"
+    k = len(lab.classes)
+    if lab.task == "multilabel":
+        if not np.all(np.isfinite(v)) or v.min(initial=0) < 0 or v.max(initial=0) > 1:
+            return f"label {lab.name}: values outside [0, 1]"
+    elif lab.task in ("multiclass", "segmentation"):
+        if v.dtype.kind == "f" and not np.all(v == np.round(v)):
+            return f"label {lab.name}: non-integer class values"
+        valid = (v >= 0) & (v < k)
+        if lab.ignore_index is not None:
+            valid |= v == lab.ignore_index
+        if not np.all(valid):
+            bad = np.unique(v[~valid])[:5].tolist()
+            return f"label {lab.name}: class value(s) {bad} outside 0..{k - 1}"
+    return None
+
+
+def place_tile(layout: st.StoreLayout, block: dict[str, np.ndarray], j: int, tile: Tile) -> dict[str, int]:
+    """Validate ``tile`` against the layout and copy it into slot ``j``; returns T per sensor.
+
+    Raises TileError naming the tile and what is wrong; nothing is written to the block in that case.
+    """
+    staged: list[tuple[str, Any, np.ndarray]] = []
+    tlen: dict[str, int] = {}
+    for key, s in layout.sensors.items():
+        arr = tile.sensors.get(key)
+        if arr is None:
+            continue  # sensor absent for this tile: dates stay -1 (how the loader sees "missing")
+        data = np.asarray(arr.data)
+        if data.ndim != 4 or tuple(data.shape[1:]) != (s.channels, s.height, s.width):
+            raise TileError(tile.id, f"sensor {key}: data shape {data.shape}, expected (T, {s.channels}, "
+                                     f"{s.height}, {s.width})")
+        t = data.shape[0]
+        if not 1 <= t <= s.t_max:
+            raise TileError(tile.id, f"sensor {key}: T={t} outside 1..{s.t_max} (the probe pass saw T_max={s.t_max})")
+        if not np.can_cast(data.dtype, np.dtype(s.dtype), "safe"):
+            raise TileError(tile.id, f"sensor {key}: dtype {data.dtype} cannot be stored losslessly as "
+                                     f"{np.dtype(s.dtype)}")
+        dates = np.asarray(arr.dates)
+        if dates.shape != (t,):
+            raise TileError(tile.id, f"sensor {key}: {dates.shape} dates for T={t} time steps")
+        if dates.dtype.kind not in "iu":
+            raise TileError(tile.id, f"sensor {key}: dates have dtype {dates.dtype}, expected integer days")
+        staged.append((f"{key}/data", np.s_[j, :t], data))
+        staged.append((f"{key}/dates", np.s_[j, :t], dates.astype(np.int32)))
+        if s.mask_channels:
+            if arr.mask is None:
+                mask = np.ones((t, s.mask_channels, s.height, s.width), bool)  # no mask = every pixel valid
+            else:
+                mask = np.asarray(arr.mask)
+                if mask.ndim != 4 or mask.shape[0] != t or mask.shape[1] not in (1, s.mask_channels) \
+                        or mask.shape[2:] != (s.height, s.width):
+                    raise TileError(tile.id, f"sensor {key}: mask shape {mask.shape}, expected "
+                                             f"({t}, 1|{s.mask_channels}, {s.height}, {s.width})")
+            staged.append((f"{key}/mask", np.s_[j, :t], mask.astype(bool, copy=False)))
+        tlen[key] = t
+    for name, lab in layout.labels.items():
+        if name not in tile.labels:
+            continue
+        v = np.asarray(tile.labels[name])
+        reason = _check_label(lab, v)
+        if reason:
+            raise TileError(tile.id, reason)
+        staged.append((f"labels/{name}", np.s_[j], v))
+    for key, idx, value in staged:
+        block[key][idx] = value
+    block["tiles/id"][j] = tile.id
+    block["tiles/split"][j] = tile.split
+    return tlen
+
+
+def write_shard(url: str, storage_options: dict, source_spec: SourceSpec, layout: st.StoreLayout,
+                shard: int, refs: list[TileRef], stats_splits: tuple[str, ...]) -> dict:
+    """Read, validate and write one shard, then its completion marker; returns the marker."""
+    import zarr
+
+    start, stop = layout.shard_range(shard)
+    assert stop - start == len(refs), (shard, start, stop, len(refs))
+    source = source_spec.build()
+    block = st.empty_block(layout, len(refs))
+    tlen = {k: np.zeros(len(refs), np.int64) for k in layout.sensors}
+    quarantine = []
+    for j, ref in enumerate(refs):
+        try:
+            tile = source.read_tile(ref)
+            if tile.id != ref.id:
+                raise TileError(ref.id, f"reader returned tile id {tile.id!r} for {ref.id!r}")
+            for k, t in place_tile(layout, block, j, tile).items():
+                tlen[k][j] = t
+        except Exception as e:
+            path, reason = (e.path, e.reason) if isinstance(e, TileError) else (ref.id, f"{type(e).__name__}: {e}")
+            quarantine.append(_qrecord(ref, path, reason, "write", start + j))
+            block["tiles/id"][j] = ref.id
+            block["tiles/split"][j] = st.QUARANTINED
+            for k in tlen:
+                tlen[k][j] = 0
+    # Train statistics over real time steps of train tiles, computed on the assembled block so a
+    # quarantined tile contributes nothing.
+    rows = np.isin(block["tiles/split"].astype(str), list(stats_splits))
+    stats = {}
+    for key, s in layout.sensors.items():
+        valid = (np.arange(s.t_max)[None, :] < tlen[key][:, None]) & rows[:, None]
+        sel = block[f"{key}/data"][valid]  # (M, C, H, W)
+        mask = block.get(f"{key}/mask")
+        stats[key] = st.partial_stats(sel, None if mask is None else mask[valid]) if sel.shape[0] else None
+    root = zarr.open_group(st.zarr_store(url, storage_options), mode="r+")
+    st.write_block(root, start, block)
+    nbytes = int(sum(v.nbytes for k, v in block.items() if not k.startswith("tiles/")))
+    marker = {"shard": shard, "start": start, "stop": stop, "tiles": len(refs),
+              "written": len(refs) - len(quarantine), "bytes": nbytes, "stats": stats, "quarantine": quarantine}
+    st.write_json(url, f"{SHARD_DIR}/{shard:06d}.json", marker, storage_options)
+    return marker
+
+
+def _write_row(ctx: dict, row: dict) -> dict:
+    m = write_shard(ctx["url"], ctx["storage_options"], ctx["source_spec"], ctx["layout"], int(row["shard"]),
+                    pickle.loads(row["refs"]), ctx["stats_splits"])
+    return {"shard": m["shard"], "tiles": m["tiles"], "written": m["written"], "bytes": m["bytes"],
+            "quarantined": len(m["quarantine"])}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Executors: Ray Data (default) or a plain in-process loop (baseline for the benchmark, debugging)
+# ----------------------------------------------------------------------------------------------------
+def _run_rows(executor: str, fn: Callable[[dict], dict], rows: list[dict], desc: str, progress: bool,
+              on_row: Callable[[dict], None], unit_of: Callable[[dict], int], total_units: int) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_units, desc=desc, unit="tile", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, smoothing=0.1)
+    try:
+        if executor == "local":
+            for row in rows:
+                out = fn(row)
+                on_row(out)
+                bar.update(unit_of(out))
+            return
+        import ray
+
+        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # one task per row: a row is a whole shard (or probe group), which is what makes writers disjoint
+        ds = ds.map(fn, num_cpus=1)
+        for out in ds.iter_rows():
+            on_row(out)
+            bar.update(unit_of(out))
+    finally:
+        bar.close()
+
+
+def _init_ray(num_cpus: int | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    import logging
+
+    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # we draw one tqdm bar in tiles, not Ray's per-operator bars
+    ctx.print_on_execution_start = False
+    if hasattr(ctx, "enable_operator_progress_bars"):
+        ctx.enable_operator_progress_bars = False
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("anysat-ray", "numpy", "zarr", "ray", "fsspec", "s3fs"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _static_attrs(spec: DatasetSpec, layout: st.StoreLayout, raw: str, plan_time: str) -> dict:
+    first = spec.labels[0] if spec.labels else None
+    return {
+        "format": st.FORMAT, "format_version": st.FORMAT_VERSION, "dataset": spec.name, "task": spec.task,
+        "classes": list(first.classes) if first else [],
+        "labels": {k: {"task": v.task, "classes": v.classes, "ignore_index": v.ignore_index, "shape": v.shape,
+                       "dtype": v.dtype} for k, v in layout.labels.items()},
+        "tile_m": spec.tile_m, "patch_sizes_m": list(spec.patch_sizes_m), "model_sensors": list(spec.model_sensors),
+        "sensors": {k: {"bands": v.bands, "resolution_m": v.resolution_m, "time_series": v.time_series,
+                        "t_max": v.t_max, "channels": v.channels, "height": v.height, "width": v.width,
+                        "dtype": v.dtype, "mask_channels": v.mask_channels} for k, v in layout.sensors.items()},
+        "n_tiles": layout.n_tiles, "tiles_per_shard": layout.tiles_per_shard, "n_shards": layout.n_shards,
+        "compressor": layout.compressor, "status": "incomplete",
+        "provenance": {"source": raw, "planned": plan_time, "versions": _versions(), "host": socket.gethostname()},
+    }
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ----------------------------------------------------------------------------------------------------
+# The ingest
+# ----------------------------------------------------------------------------------------------------
+def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None = None,
+               raw_storage_options: dict | None = None, tiles_per_shard: int | None = None,
+               executor: str = "ray", num_cpus: int | None = None, overwrite: bool = False,
+               progress: bool = True, probe_group: int | None = None) -> IngestResult:
+    """Ingest ``raw`` into ``<out>/<dataset>.zarr`` (resuming a half-finished store there).
+
+    ``storage_options`` apply to ``out`` (and to ``raw`` unless ``raw_storage_options`` is given).
+    Raises :class:`IngestError` for problems the user must fix.
+    """
+    t0 = time.perf_counter()
+    try:
+        spec = get_dataset(dataset)
+    except ValueError as e:
+        raise IngestError(str(e)) from None
+    if executor not in ("ray", "local"):
+        raise IngestError(f"unknown executor {executor!r} (ray or local)")
+    so = dict(storage_options or {})
+    raw_so = dict(so if raw_storage_options is None else raw_storage_options)
+    raw = str(raw).rstrip("/")
+    fs_raw, raw_path = st.filesystem(raw, raw_so)
+    if not fs_raw.exists(raw_path):
+        raise IngestError(f"raw archive {raw} does not exist")
+    url = st.store_url(out, spec.name)
+    try:
+        exists = st.check_format(url, so)
+    except st.StoreFormatError as e:
+        raise IngestError(str(e)) from None
+    if exists and overwrite:
+        st.remove(url, so)
+        exists = False
+
+    source_spec = SourceSpec(spec.name, raw, json.dumps(raw_so, sort_keys=True))
+    try:
+        refs = ordered_listing(source_spec.build())
+    except (FileNotFoundError, TileError) as e:
+        raise IngestError(f"cannot list {raw} as {spec.name}: {e}") from None
+    if not refs:
+        raise IngestError(f"{raw}: the {spec.name} reader found no tiles")
+    lhash = listing_hash(refs)
+    if executor == "ray":
+        _init_ray(num_cpus)
+        _quiet_ray_data()
+
+    plan = st.read_json(url, PLAN_KEY, so) if exists else None
+    t_probe = time.perf_counter()
+    if plan is not None:
+        if plan["listing_sha256"] != lhash:
+            raise IngestError(f"{url} was planned from a different listing of the raw archive ({plan['n_listed']} "
+                              f"tiles then, {len(refs)} now); rerun with --overwrite to rebuild it")
+        if tiles_per_shard and int(tiles_per_shard) != plan["layout"]["tiles_per_shard"]:
+            raise IngestError(f"{url} uses {plan['layout']['tiles_per_shard']} tiles per shard, not "
+                              f"{tiles_per_shard}; rerun with --overwrite to change it")
+        layout = st.StoreLayout.from_json(plan["layout"])
+        probe_quarantine = plan["probe_quarantine"]
+        dropped = {q["index"] for q in probe_quarantine}
+        keep = [pos for pos in range(len(refs)) if pos not in dropped]
+    else:
+        tps = int(tiles_per_shard or spec.tiles_per_shard)
+        group = int(probe_group or min(tps, max(1, len(refs) // (4 * max(1, num_cpus or os.cpu_count() or 1))) or 1))
+        groups = [refs[i:i + group] for i in range(0, len(refs), group)]
+        probes: list = [None] * len(groups)
+
+        def on_probe(row):
+            probes[row["group"]] = pickle.loads(row["result"])
+
+        rows = [{"group": g, "refs": pickle.dumps(refs_g)} for g, refs_g in enumerate(groups)]
+        _run_rows(executor, functools.partial(_probe_row, source_spec), rows, f"probe {spec.name}", progress,
+                  on_probe, lambda r: len(probes[r["group"]]), len(refs))
+        flat = [p for g in probes for p in g]
+        layout, keep, probe_quarantine = plan_layout(spec, refs, flat, tps)
+        if not keep:
+            first = "; ".join(f"{q['file']}: {q['reason']}" for q in probe_quarantine[:3])
+            raise IngestError(f"all {len(refs)} tiles of {raw} failed validation, e.g. {first}")
+        plan_time = _now()
+        st.remove(url, so)  # a half-created store (killed before the plan was saved) is rebuilt
+        st.create_store(url, layout, _static_attrs(spec, layout, raw, plan_time), so)
+        plan = {"format_version": st.FORMAT_VERSION, "dataset": spec.name, "raw": raw, "listing_sha256": lhash,
+                "n_listed": len(refs), "layout": layout.to_json(), "probe_quarantine": probe_quarantine,
+                "planned": plan_time}
+        st.write_json(url, PLAN_KEY, plan, so)  # last: its presence means the arrays exist
+    probe_seconds = time.perf_counter() - t_probe
+
+    kept_refs = [refs[pos] for pos in keep]
+    if len(kept_refs) != layout.n_tiles:
+        raise IngestError(f"{url}: plan has {layout.n_tiles} tiles but {len(kept_refs)} remain after the "
+                          "probe quarantine; rerun with --overwrite")
+    fs, root_path = st.filesystem(url, so)
+    fs.invalidate_cache()
+    done = {int(os.path.basename(p).split(".")[0]) for p in fs.glob(f"{root_path}/{SHARD_DIR}/*.json")}
+    pending = [i for i in range(layout.n_shards) if i not in done]
+    stats_splits = tuple(spec.extra.get("stats_splits", ("train",)))
+    ctx = {"url": url, "storage_options": so, "source_spec": source_spec, "layout": layout,
+           "stats_splits": stats_splits}
+    rows = []
+    for i in pending:
+        a, b = layout.shard_range(i)
+        rows.append({"shard": i, "refs": pickle.dumps(kept_refs[a:b])})
+    t_write = time.perf_counter()
+    written_bytes = 0
+
+    def on_write(row):
+        nonlocal written_bytes
+        written_bytes += int(row["bytes"])
+
+    if rows:
+        _run_rows(executor, functools.partial(_write_row, ctx), rows, f"ingest {spec.name}", progress, on_write,
+                  lambda r: int(r["tiles"]), sum(layout.shard_range(i)[1] - layout.shard_range(i)[0] for i in pending))
+    write_seconds = time.perf_counter() - t_write
+
+    result = finalize(url, so, spec, layout, plan, stats_splits)
+    return IngestResult(url, len(refs), layout.n_tiles, result["written"], result["quarantine"], layout.n_shards,
+                        len(pending), time.perf_counter() - t0, written_bytes, probe_seconds, write_seconds)
+
+
+def finalize(url: str, so: dict, spec: DatasetSpec, layout: st.StoreLayout, plan: dict,
+             stats_splits: tuple[str, ...]) -> dict:
+    """Merge the shard markers (in shard order) into the root attrs and write quarantine.json."""
+    import zarr
+
+    fs, root_path = st.filesystem(url, so)
+    paths = [f"{root_path}/{SHARD_DIR}/{i:06d}.json" for i in range(layout.n_shards)]
+    fs.invalidate_cache()
+    blobs = fs.cat(paths, on_error="omit") if paths else {}
+    missing = [p for p in paths if p not in blobs]
+    if missing:
+        raise IngestError(f"{url}: {len(missing)} shard(s) have no completion record after the write pass "
+                          f"(first: {missing[0]}); rerun to finish them")
+    markers = [json.loads(blobs[p]) for p in paths]
+    quarantine = list(plan["probe_quarantine"]) + [q for m in markers for q in m["quarantine"]]
+    stats = {}
+    for key, s in layout.sensors.items():
+        merged = st.merge_stats(m["stats"].get(key) for m in markers)
+        stats[key] = {**st.finalize_stats(merged, s.bands), "splits": list(stats_splits)}
+    shards = [{k: m[k] for k in ("shard", "start", "stop", "tiles", "written", "bytes")} for m in markers]
+    written = sum(m["written"] for m in markers)
+    root = zarr.open_group(st.zarr_store(url, so), mode="r+")
+    prov = dict(root.attrs.get("provenance", {}))
+    prov["finished"] = _now()
+    report = {"dataset": spec.name, "store": url, "source": plan["raw"], "listed": plan["n_listed"],
+              "quarantined": len(quarantine), "tiles": quarantine}
+    st.write_json(url, "quarantine.json", report, so)
+    root.attrs.update({"stats": stats, "stats_splits": list(stats_splits), "shards": shards,
+                       "quarantine": quarantine, "n_listed": plan["n_listed"], "n_written": written,
+                       "provenance": prov, "status": "complete"})
+    return {"written": written, "quarantine": quarantine}
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines.ingest", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="dataset name (pipelines.datasets)")
+    p.add_argument("--raw", required=True, help="raw archive: folder or s3://bucket/prefix")
+    p.add_argument("--out", required=True, help="output folder or s3:// prefix; writes <out>/<dataset>.zarr")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
+    p.add_argument("--tiles-per-shard", type=int, default=None, help="override the dataset's shard size")
+    p.add_argument("--storage-options", default=None,
+                   help='JSON fsspec options for s3:// paths, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
+    p.add_argument("--executor", choices=("ray", "local"), default="ray",
+                   help="ray (default) or local: a plain single-process loop, same output")
+    p.add_argument("--overwrite", action="store_true", help="rebuild the store from scratch")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        so = json.loads(args.storage_options) if args.storage_options else None
+        if so is not None and not isinstance(so, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as e:
+        print(f"error: --storage-options is not a JSON object ({e})", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        res = run_ingest(args.dataset, args.raw, args.out, storage_options=so, tiles_per_shard=args.tiles_per_shard,
+                         executor=args.executor, num_cpus=args.num_cpus, overwrite=args.overwrite,
+                         progress=not args.no_progress)
+    except IngestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    q = res.quarantine
+    print(f"{res.url}: {res.written} tiles written ({res.n_tiles} slots, {res.shards_written}/{res.shards_total} "
+          f"shards this run), {len(q)} quarantined; {res.bytes_written / 1e6:.1f} MB in {res.write_seconds:.1f} s "
+          f"= {res.mb_per_s:.1f} MB/s, {res.n_tiles / max(res.seconds, 1e-9):.0f} tiles/s overall "
+          f"(probe {res.probe_seconds:.1f} s, total {res.seconds:.1f} s)")
+    for rec in q[:10]:
+        print(f"  quarantined {rec['tile']} ({rec['split']}): {rec['file']}: {rec['reason']}")
+    if len(q) > 10:
+        print(f"  ... and {len(q) - 10} more, see {res.url}/quarantine.json")
+    return res.exit_code
+
+
+if __name__ == "__main__":
+    # Ray pickles task functions by module; run them from the importable module, not from __main__.
+    from pipelines.ingest import main as _main
+
+    sys.exit(_main())

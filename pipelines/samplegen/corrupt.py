@@ -1,0 +1,74 @@
+"""Damage a *copy* of a miniature archive, for the quarantine tests (raw-formats §14.6).
+
+The generators write only valid archives; every helper here takes the path of one file in a copied
+archive and breaks it in one documented way, returning the path it damaged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+
+def copy_archive(src: str, dst: str) -> str:
+    shutil.copytree(src, dst, dirs_exist_ok=False)
+    return dst
+
+
+def truncate(path: str, keep: float = 0.5) -> str:
+    """Cut a file to a fraction of its size (a half-finished download or copy)."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(max(1, int(size * keep)))
+    return path
+
+
+def garble(path: str) -> str:
+    """Overwrite a file with bytes that are no known format."""
+    with open(path, "wb") as f:
+        f.write(b"this is not the file you are looking for\n" * 8)
+    return path
+
+
+def npz_drop_time_steps(path: str, n: int = 1) -> str:
+    """Rewrite an ``.npz`` (``arr_0``) with its first axis ``n`` shorter, e.g. timestamps shorter than T."""
+    with np.load(path) as z:
+        a = z["arr_0"]
+    np.savez(path, a[:-n] if a.shape[0] > n else a[:0])
+    return path
+
+
+def npz_replace(path: str, array: np.ndarray) -> str:
+    """Replace ``arr_0`` of an ``.npz`` (wrong shape, channels, dtype...)."""
+    np.savez(path, array)
+    return path
+
+
+def json_set(path: str, key: str, value) -> str:
+    """Set one key of a JSON object file (e.g. a label out of range in PLANTED ``labels2.json``)."""
+    with open(path) as f:
+        obj = json.load(f)
+    obj[key] = value
+    with open(path, "w") as f:
+        json.dump(obj, f)
+    return path
+
+
+def remove(path: str) -> str:
+    os.remove(path)
+    return path
+
+
+def flip_bytes(path: str, at: float = 0.6, n: int = 16) -> str:
+    """Invert ``n`` bytes inside a file, keeping its size and headers (silent bit rot; zip CRCs catch it)."""
+    size = os.path.getsize(path)
+    pos = min(max(0, int(size * at)), max(0, size - n))
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        chunk = f.read(n)
+        f.seek(pos)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+    return path

@@ -1,0 +1,677 @@
+"""The anysat-ray store: one sharded Zarr v3 store per dataset (DESIGN.md, "The store contract").
+
+::
+
+    <out>/<dataset>.zarr/            root group, attrs: format, format_version, dataset, task, labels,
+                                     tile_m, patch_sizes_m, sensors, stats, provenance, shards, quarantine
+      tiles/id      (N,)   str       tile id from the raw archive
+      tiles/split   (N,)   str       train / val / test / ... ; "quarantined" for a slot whose tile
+                                     failed after the store was sized (see pipelines.ingest)
+      <sensor>/data (N, T_max, C, H, W) raw dtype, 0 in padded time steps
+      <sensor>/dates (N, T_max) int32  days since 1970-01-01 (UTC), -1 = padding
+      <sensor>/mask (N, T_max, 1|C, H, W) bool, only where the archive has validity masks
+      labels/<name> (N, K) | (N,) | (N, H, W)
+      _ingest/plan.json              the ingest plan (layout, listing hash, probe quarantine)
+      _ingest/shards/<i>.json        completion record of shard i (partial stats, quarantine)
+      quarantine.json                the final quarantine report
+
+One chunk holds one tile of one array; ``tiles_per_shard`` chunks form one shard object (Zarr v3
+sharding), and writers only ever write whole shards, so no two writers touch the same object.
+
+This module owns the format both ways: :func:`create_store` / :func:`write_block` for the ingest job
+and :class:`StoreReader` for the trainer. Local paths and ``s3://`` URLs both work (fsspec/s3fs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable, Sequence
+
+import fsspec
+import numpy as np
+import zarr
+import zarr.storage
+from zarr.codecs import BloscCodec
+
+FORMAT = "anysat-ray-store"
+FORMAT_VERSION = 1
+QUARANTINED = "quarantined"
+TILE_DIMS = ("tile", "time", "band", "y", "x")
+
+#: Compressor of every sensor array. Chosen by benchmarks/bench_ingest.py: blosc-lz4 with byte
+#: shuffle encodes noisy float32 reflectances at several GB/s on one core and still shrinks them;
+#: zstd (zarr's default) at level 0-3 took 3-6x the CPU time for a few percent more compression.
+COMPRESSOR = {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"}
+
+#: Write whole shards with :func:`encode_shard` (True) or through zarr's generic writer (False; kept
+#: for the before/after benchmark and as a fallback). Set ANYSAT_STORE_FAST_IO=0 to disable.
+FAST_SHARD_IO = os.environ.get("ANYSAT_STORE_FAST_IO", "1") != "0"
+
+
+def compressor_codec(itemsize: int, spec: dict | None = None) -> BloscCodec:
+    spec = dict(COMPRESSOR if spec is None else spec)
+    return BloscCodec(typesize=max(1, int(itemsize)), **spec)
+
+
+class StoreFormatError(Exception):
+    """The path holds something that is not a store of this format version."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# URLs and stores
+# ----------------------------------------------------------------------------------------------------
+def store_url(out: str, dataset: str) -> str:
+    return f"{str(out).rstrip('/')}/{dataset}.zarr"
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def zarr_store(url: str, storage_options: dict | None = None, read_only: bool = False):
+    """A zarr store object for a local path or an fsspec URL (s3://...)."""
+    if is_remote(url):
+        # from_url builds an *async* filesystem; a sync s3fs instance fails with "attached to a different loop".
+        return zarr.storage.FsspecStore.from_url(url, storage_options=dict(storage_options or {}),
+                                                 read_only=read_only)
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return zarr.storage.LocalStore(path, read_only=read_only)
+
+
+def filesystem(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Synchronous fsspec filesystem + path, for the small non-array objects (markers, reports)."""
+    return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+
+
+def read_json(url: str, key: str, storage_options: dict | None = None) -> Any | None:
+    fs, root = filesystem(url, storage_options)
+    try:
+        with fs.open(posixpath.join(root, key), "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def write_json(url: str, key: str, obj: Any, storage_options: dict | None = None) -> None:
+    fs, root = filesystem(url, storage_options)
+    path = posixpath.join(root, key)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    data = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    if is_remote(url):
+        fs.pipe_file(path, data)  # one PUT: atomic on object stores
+    else:
+        tmp = f"{path}.partial"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)  # rename: a killed writer never leaves a half-written marker
+
+
+def existing_format(url: str, storage_options: dict | None = None) -> tuple[str | None, Any] | None:
+    """``None`` if nothing is at ``url``; else ``(format, format_version)`` of the root group's attrs."""
+    meta = read_json(url, "zarr.json", storage_options)
+    if meta is None:
+        fs, root = filesystem(url, storage_options)
+        if fs.exists(root) and (not fs.isdir(root) or fs.ls(root)):
+            return (None, None)
+        return None
+    attrs = meta.get("attributes", {}) if isinstance(meta, dict) else {}
+    return attrs.get("format"), attrs.get("format_version")
+
+
+def check_format(url: str, storage_options: dict | None = None) -> bool:
+    """True if an anysat-ray store of this version exists at ``url``, False if nothing is there.
+
+    Raises :class:`StoreFormatError` for anything else, so an ingest never overwrites foreign data.
+    """
+    found = existing_format(url, storage_options)
+    if found is None:
+        return False
+    fmt, version = found
+    if fmt is None:
+        raise StoreFormatError(f"{url} exists and is not an {FORMAT} store; remove it or choose another --out")
+    if fmt != FORMAT:
+        raise StoreFormatError(f"{url} is a {fmt!r} store, not {FORMAT!r}; remove it or choose another --out")
+    if version != FORMAT_VERSION:
+        raise StoreFormatError(f"{url} has {FORMAT} format_version {version}, this code reads and writes "
+                               f"version {FORMAT_VERSION}; re-ingest into another --out or remove it")
+    return True
+
+
+def remove(url: str, storage_options: dict | None = None) -> None:
+    fs, root = filesystem(url, storage_options)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout: everything needed to create the arrays (decided by the ingest's probe pass)
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class SensorLayout:
+    key: str
+    t_max: int
+    channels: int
+    height: int
+    width: int
+    dtype: str
+    bands: list[str]
+    resolution_m: float
+    time_series: bool
+    mask_channels: int | None = None
+    """1 or C where the archive has validity masks, else ``None`` (no mask array)."""
+
+    @property
+    def tile_shape(self) -> tuple[int, int, int, int]:
+        return (self.t_max, self.channels, self.height, self.width)
+
+
+@dataclass
+class LabelLayout:
+    name: str
+    task: str
+    classes: list[str]
+    shape: list[int]
+    """Per-tile shape: ``[]`` class index, ``[K]`` multi-hot, ``[H, W]`` per pixel."""
+    dtype: str
+    ignore_index: int | None = None
+
+    @property
+    def fill_value(self):
+        kind = np.dtype(self.dtype).kind
+        if self.ignore_index is not None:
+            return self.ignore_index
+        return -1 if kind == "i" else 0
+
+
+@dataclass
+class StoreLayout:
+    dataset: str
+    n_tiles: int
+    tiles_per_shard: int
+    sensors: dict[str, SensorLayout]
+    labels: dict[str, LabelLayout] = field(default_factory=dict)
+    compressor: dict = field(default_factory=lambda: dict(COMPRESSOR))
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_tiles / self.tiles_per_shard) if self.n_tiles else 0
+
+    def shard_range(self, i: int) -> tuple[int, int]:
+        start = i * self.tiles_per_shard
+        return start, min(start + self.tiles_per_shard, self.n_tiles)
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "n_tiles": self.n_tiles, "tiles_per_shard": self.tiles_per_shard,
+                "sensors": {k: asdict(v) for k, v in self.sensors.items()},
+                "labels": {k: asdict(v) for k, v in self.labels.items()}, "compressor": self.compressor}
+
+    @classmethod
+    def from_json(cls, d: dict) -> StoreLayout:
+        return cls(d["dataset"], int(d["n_tiles"]), int(d["tiles_per_shard"]),
+                   {k: SensorLayout(**v) for k, v in d["sensors"].items()},
+                   {k: LabelLayout(**v) for k, v in d["labels"].items()}, d.get("compressor", dict(COMPRESSOR)))
+
+    def tile_nbytes(self) -> int:
+        """Uncompressed bytes of one tile slot (for throughput figures)."""
+        n = 0
+        for s in self.sensors.values():
+            n += int(np.prod(s.tile_shape)) * np.dtype(s.dtype).itemsize + s.t_max * 4
+            if s.mask_channels:
+                n += s.t_max * s.mask_channels * s.height * s.width
+        for lab in self.labels.values():
+            n += int(np.prod(lab.shape or [1])) * np.dtype(lab.dtype).itemsize
+        return n
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------------
+def create_store(url: str, layout: StoreLayout, attrs: dict, storage_options: dict | None = None) -> zarr.Group:
+    """Create (overwriting) every array of the store, empty; shards are written later by the ingest."""
+    store = zarr_store(url, storage_options)
+    root = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
+    n, tps = layout.n_tiles, layout.tiles_per_shard
+    tiles = root.create_group("tiles")
+    # 1-D per-tile arrays: one chunk per shard range, so shard writers still own disjoint objects.
+    tiles.create_array("id", shape=(n,), dtype=str, chunks=(max(1, min(tps, n)),), dimension_names=("tile",))
+    tiles.create_array("split", shape=(n,), dtype=str, chunks=(max(1, min(tps, n)),), dimension_names=("tile",))
+    for s in layout.sensors.values():
+        g = root.create_group(s.key, attributes={"bands": s.bands, "resolution_m": s.resolution_m,
+                                                 "time_series": s.time_series, "t_max": s.t_max})
+        t, c, h, w = s.tile_shape
+        shard_n = max(1, min(tps, n))
+        g.create_array("data", shape=(n, t, c, h, w), dtype=s.dtype, chunks=(1, t, c, h, w),
+                       shards=(shard_n, t, c, h, w), fill_value=0, dimension_names=TILE_DIMS,
+                       compressors=compressor_codec(np.dtype(s.dtype).itemsize, layout.compressor))
+        g.create_array("dates", shape=(n, t), dtype="int32", chunks=(1, t), shards=(shard_n, t), fill_value=-1,
+                       dimension_names=("tile", "time"), compressors=compressor_codec(4, layout.compressor))
+        if s.mask_channels:
+            m = s.mask_channels
+            g.create_array("mask", shape=(n, t, m, h, w), dtype="bool", chunks=(1, t, m, h, w),
+                           shards=(shard_n, t, m, h, w), fill_value=False,
+                           dimension_names=("tile", "time", "mask_band", "y", "x"),
+                           compressors=compressor_codec(1, layout.compressor))
+    if layout.labels:
+        lg = root.create_group("labels")
+        for lab in layout.labels.values():
+            shape = tuple(lab.shape)
+            dims = ("tile",) + (("class",) if len(shape) == 1 else ("y", "x") if len(shape) == 2 else
+                                tuple(f"d{i}" for i in range(len(shape))))
+            chunk = (1, *shape) if shape else (max(1, min(tps, n)),)
+            shards = (max(1, min(tps, n)), *shape) if shape else None
+            lg.create_array(lab.name, shape=(n, *shape), dtype=lab.dtype, chunks=chunk, shards=shards,
+                            fill_value=lab.fill_value, dimension_names=dims,
+                            attributes={"task": lab.task, "classes": lab.classes, "ignore_index": lab.ignore_index},
+                            compressors=compressor_codec(np.dtype(lab.dtype).itemsize, layout.compressor))
+    return root
+
+
+def empty_block(layout: StoreLayout, n: int) -> dict[str, np.ndarray]:
+    """Arrays for ``n`` consecutive tile slots, pre-filled with the padding values of the format."""
+    block: dict[str, np.ndarray] = {"tiles/id": np.full(n, "", dtype=object),
+                                    "tiles/split": np.full(n, "", dtype=object)}
+    for s in layout.sensors.values():
+        block[f"{s.key}/data"] = np.zeros((n, *s.tile_shape), dtype=s.dtype)
+        block[f"{s.key}/dates"] = np.full((n, s.t_max), -1, dtype=np.int32)
+        if s.mask_channels:
+            block[f"{s.key}/mask"] = np.zeros((n, s.t_max, s.mask_channels, s.height, s.width), dtype=bool)
+    for lab in layout.labels.values():
+        block[f"labels/{lab.name}"] = np.full((n, *lab.shape), lab.fill_value, dtype=lab.dtype)
+    return block
+
+
+def write_block(root: zarr.Group, start: int, block: dict[str, np.ndarray]) -> None:
+    """Write a shard-aligned block of tile slots: one object per array, all objects PUT concurrently.
+
+    Sharded arrays go through :func:`encode_shard` (zarr's own writer spends ~0.25 ms of Python per
+    inner chunk, i.e. most of the ingest time for small PLANTED tiles); the rest through zarr.
+    """
+    n = len(block["tiles/id"])
+    stop = start + n
+    puts: list[tuple[str, bytes]] = []
+    for key, arr in block.items():
+        za = root[key]
+        spec = shard_spec(za)
+        if FAST_SHARD_IO and spec is not None and start % spec.tiles == 0:
+            puts.append((spec.key(start // spec.tiles), encode_shard(spec, arr)))
+            continue
+        if key.startswith("tiles/"):
+            arr = np.asarray([str(x) for x in arr], dtype=np.dtypes.StringDType())
+        za[start:stop] = arr
+    _put_all(root.store, puts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Whole-shard fast path (Zarr v3 sharding_indexed: [bytes, blosc] inner codecs, [bytes, crc32c] index
+# at the end). Objects written here are ordinary Zarr shards: zarr and xarray read them unchanged.
+# ----------------------------------------------------------------------------------------------------
+_MAX_U64 = np.uint64(2**64 - 1)
+
+
+@dataclass
+class ShardSpec:
+    path: str
+    shape: tuple[int, ...]
+    tiles: int
+    """Inner chunks (tiles) per shard; each inner chunk is one tile ``(1, *shape[1:])``."""
+    dtype: np.dtype
+    fill_value: Any
+    blosc: Any
+    encode_key: Any
+
+    def key(self, shard: int) -> str:
+        return f"{self.path}/{self.encode_key((shard,) + (0,) * (len(self.shape) - 1))}"
+
+    @property
+    def index_nbytes(self) -> int:
+        return self.tiles * 16 + 4
+
+
+def shard_spec(arr: zarr.Array) -> ShardSpec | None:
+    """The fast-path description of an array, or ``None`` if its codecs are not the ones we create."""
+    from numcodecs import Blosc
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+    md = arr.metadata
+    codecs = getattr(md, "codecs", ())
+    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+        return None
+    sc = codecs[0]
+    inner, index = tuple(sc.codecs), tuple(sc.index_codecs)
+    if (len(inner) != 2 or not isinstance(inner[0], BytesCodec) or not isinstance(inner[1], BloscCodec)
+            or len(index) != 2 or not isinstance(index[0], BytesCodec) or not isinstance(index[1], Crc32cCodec)
+            or str(getattr(sc.index_location, "value", sc.index_location)) != "end"):
+        return None
+    shard_shape = tuple(md.chunk_grid.chunk_shape)
+    if tuple(sc.chunk_shape) != (1, *arr.shape[1:]) or shard_shape[1:] != tuple(arr.shape[1:]):
+        return None
+    dtype = np.dtype(arr.dtype)
+    if dtype.itemsize > 1 and (inner[0].endian is None or getattr(inner[0].endian, "value", inner[0].endian) != "little"):
+        return None
+    cfg = inner[1].to_dict()["configuration"]
+    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(cfg["shuffle"])]
+    blosc = Blosc(cname=str(cfg["cname"]), clevel=int(cfg["clevel"]), shuffle=shuffle,
+                  blocksize=int(cfg.get("blocksize", 0)), typesize=int(cfg.get("typesize") or dtype.itemsize))
+    return ShardSpec(arr.path, tuple(arr.shape), int(shard_shape[0]), dtype, arr.fill_value, blosc,
+                     md.chunk_key_encoding.encode_chunk_key)
+
+
+def encode_shard(spec: ShardSpec, block: np.ndarray) -> bytes:
+    """Bytes of one shard object holding ``len(block)`` consecutive tiles from the shard's start."""
+    import google_crc32c
+
+    n = block.shape[0]
+    a = np.ascontiguousarray(block, dtype=spec.dtype.newbyteorder("<") if spec.dtype.itemsize > 1 else spec.dtype)
+    if a.dtype == np.bool_:
+        a = a.view(np.uint8)
+    index = np.full((spec.tiles, 2), _MAX_U64, dtype="<u8")
+    parts, off = [], 0
+    for i in range(n):
+        enc = spec.blosc.encode(a[i])
+        index[i] = (off, len(enc))
+        parts.append(enc)
+        off += len(enc)
+    ib = index.tobytes()
+    return b"".join(parts) + ib + np.uint32(google_crc32c.value(ib)).tobytes()
+
+
+def decode_shard(spec: ShardSpec, buf: bytes | None, lo: int, hi: int, out: np.ndarray) -> None:
+    """Decode tiles ``lo..hi`` (shard-relative) of a shard object into ``out`` (``hi - lo`` rows)."""
+    import google_crc32c
+
+    if buf is None:
+        out[...] = spec.fill_value
+        return
+    mv = memoryview(buf)
+    ib = bytes(mv[len(buf) - spec.index_nbytes:len(buf) - 4])
+    if np.uint32(google_crc32c.value(ib)).tobytes() != bytes(mv[len(buf) - 4:]):
+        raise ValueError(f"{spec.path}: shard index checksum mismatch (damaged shard object)")
+    index = np.frombuffer(ib, dtype="<u8").reshape(spec.tiles, 2)
+    dst = out.view(np.uint8) if out.dtype == np.bool_ else out
+    for j, i in enumerate(range(lo, hi)):
+        o, ln = index[i]
+        if o == _MAX_U64:
+            out[j] = spec.fill_value
+            continue
+        spec.blosc.decode(mv[int(o):int(o + ln)], out=dst[j])
+
+
+def _put_all(store, puts: list[tuple[str, bytes]]) -> None:
+    if not puts:
+        return
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    proto = default_buffer_prototype()
+
+    async def go():
+        await asyncio.gather(*(store.set(k, proto.buffer.from_bytes(v)) for k, v in puts))
+
+    sync(go())
+
+
+def _get_all(store, keys: list[str]) -> list[bytes | None]:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    proto = default_buffer_prototype()
+
+    async def go():
+        return await asyncio.gather(*(store.get(k, prototype=proto) for k in keys))
+
+    return [None if b is None else b.to_bytes() for b in sync(go())]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Statistics: exact, mergeable partials (count, sum, sum of squares, min, max per band)
+# ----------------------------------------------------------------------------------------------------
+def partial_stats(data: np.ndarray, valid: np.ndarray | None = None) -> dict[str, list]:
+    """Per-band partial statistics of ``(T, C, H, W)`` values (real time steps only, NaN excluded).
+
+    ``valid`` (``(T, 1|C, H, W)`` bool, the archive's validity mask) excludes fill values and clouds:
+    PASTIS' -10000 or a zero-padded FLAIR window would otherwise drag the normalisation statistics.
+
+    Sums are float64 (numpy's pairwise summation), so merging partials in a fixed order (shard order)
+    gives the same bits however the work was split across workers or resumed runs.
+    """
+    c = data.shape[1]
+    x = np.moveaxis(data, 1, 0).reshape(c, -1).astype(np.float64, copy=False)
+    finite = np.isfinite(x)
+    if valid is not None:
+        v = np.broadcast_to(valid, data.shape)
+        finite &= np.moveaxis(v, 1, 0).reshape(c, -1)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        x = np.where(finite, x, 0.0)
+    count = finite.sum(axis=1) if not all_finite else np.full(c, x.shape[1], dtype=np.int64)
+    s = x.sum(axis=1)
+    ss = np.einsum("ij,ij->i", x, x)
+    if all_finite:
+        mn, mx = (x.min(axis=1), x.max(axis=1)) if x.shape[1] else (np.full(c, np.inf), np.full(c, -np.inf))
+    else:
+        mn = np.where(finite, x, np.inf).min(axis=1)
+        mx = np.where(finite, x, -np.inf).max(axis=1)
+    return {"count": count.astype(np.int64).tolist(), "sum": s.tolist(), "sumsq": ss.tolist(),
+            "min": [None if not np.isfinite(v) else float(v) for v in mn],
+            "max": [None if not np.isfinite(v) else float(v) for v in mx],
+            "nan_count": (x.shape[1] - count).astype(np.int64).tolist()}
+
+
+def merge_stats(parts: Iterable[dict | None]) -> dict[str, list] | None:
+    """Merge partials (order matters only in the last float bit; callers use shard order)."""
+    out = None
+    for p in parts:
+        if p is None:
+            continue
+        if out is None:
+            out = {k: list(v) for k, v in p.items()}
+            continue
+        for i in range(len(out["count"])):
+            out["count"][i] += p["count"][i]
+            out["nan_count"][i] += p["nan_count"][i]
+            out["sum"][i] += p["sum"][i]
+            out["sumsq"][i] += p["sumsq"][i]
+            for k, f in (("min", min), ("max", max)):
+                a, b = out[k][i], p[k][i]
+                out[k][i] = b if a is None else a if b is None else f(a, b)
+    return out
+
+
+def finalize_stats(p: dict[str, list] | None, bands: Sequence[str]) -> dict[str, Any]:
+    """Add mean and (population) std to merged partials; ``None`` where a band had no values."""
+    c = len(bands)
+    if p is None:
+        p = {"count": [0] * c, "sum": [0.0] * c, "sumsq": [0.0] * c, "min": [None] * c, "max": [None] * c,
+             "nan_count": [0] * c}
+    mean, std = [], []
+    for n, s, ss in zip(p["count"], p["sum"], p["sumsq"]):
+        if n == 0:
+            mean.append(None)
+            std.append(None)
+            continue
+        m = s / n
+        mean.append(m)
+        std.append(math.sqrt(max(ss / n - m * m, 0.0)))
+    return {"bands": list(bands), **p, "mean": mean, "std": std}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------
+class StoreReader:
+    """Read an anysat-ray store (local path or ``s3://``) by tile index ranges.
+
+    >>> r = StoreReader("data/stores/planted.zarr")
+    >>> len(r), r.sensors, r.split_indices("train")[:3]
+    >>> batch = r.read(0, r.tiles_per_shard, sensors=["s2", "l7"])   # one whole shard per array
+    >>> batch["s2/data"].shape, batch["s2/dates"], batch["labels/species"], batch["tiles/id"]
+
+    Reads aligned to whole shards cost one GET per array and shard; other ranges fetch the shard
+    index plus one range request per tile. The reader pickles (for Ray tasks) and reopens lazily.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None, *, require_complete: bool = True):
+        self.url = str(url).rstrip("/")
+        self.storage_options = dict(storage_options or {})
+        try:
+            ok = check_format(self.url, self.storage_options)
+        except StoreFormatError as e:
+            raise ValueError(str(e)) from None
+        if not ok:
+            raise FileNotFoundError(f"no store at {self.url}")
+        self._root = None
+        self.attrs: dict[str, Any] = dict(self.root.attrs)
+        if require_complete and self.attrs.get("status") != "complete":
+            raise ValueError(f"{self.url}: ingest not finished (status {self.attrs.get('status')!r}); "
+                             "rerun the ingest to complete it, or pass require_complete=False")
+        self._splits: np.ndarray | None = None
+        self._specs: dict[str, ShardSpec | None] = {}
+
+    # pickling: zarr objects hold event-loop bound state, so reopen in the new process
+    def __getstate__(self):
+        d = dict(self.__dict__)
+        d["_root"] = None
+        d["_specs"] = {}
+        return d
+
+    @property
+    def root(self) -> zarr.Group:
+        if self._root is None:
+            self._root = zarr.open_group(zarr_store(self.url, self.storage_options, read_only=True), mode="r")
+        return self._root
+
+    # -- metadata -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.attrs["n_tiles"])
+
+    @property
+    def dataset(self) -> str:
+        return self.attrs["dataset"]
+
+    @property
+    def tiles_per_shard(self) -> int:
+        return int(self.attrs["tiles_per_shard"])
+
+    @property
+    def sensors(self) -> list[str]:
+        return list(self.attrs["sensors"])
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.attrs.get("labels", {}))
+
+    def sensor_info(self, sensor: str) -> dict[str, Any]:
+        """bands, resolution_m, t_max, channels, height, width, dtype, mask_channels, time_series."""
+        return dict(self.attrs["sensors"][sensor])
+
+    def stats(self, sensor: str) -> dict[str, np.ndarray]:
+        """Train-split per-band statistics: mean, std, count, sum, sumsq, min, max, nan_count."""
+        st = self.attrs["stats"][sensor]
+        out = {}
+        for k, v in st.items():
+            if k in ("bands", "splits"):
+                out[k] = list(v)
+            else:
+                out[k] = np.array([np.nan if x is None else x for x in v],
+                                  dtype=np.int64 if k in ("count", "nan_count") else np.float64)
+        return out
+
+    @property
+    def quarantine(self) -> list[dict]:
+        return list(self.attrs.get("quarantine", []))
+
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        n, tps = len(self), self.tiles_per_shard
+        return [(s, min(s + tps, n)) for s in range(0, n, tps)]
+
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.root["tiles/id"][:], dtype=object)
+
+    def splits(self) -> np.ndarray:
+        if self._splits is None:
+            self._splits = np.asarray(self.root["tiles/split"][:]).astype(object)
+        return self._splits
+
+    def split_names(self) -> list[str]:
+        return sorted(set(self.splits().tolist()) - {QUARANTINED})
+
+    def split_indices(self, split: str | Sequence[str]) -> np.ndarray:
+        """Sorted tile indices of one split (or several); quarantined slots are never included."""
+        names = [split] if isinstance(split, str) else list(split)
+        return np.flatnonzero(np.isin(self.splits(), names)).astype(np.int64)
+
+    # -- data -----------------------------------------------------------------------------------------
+    def _keys(self, sensors: Sequence[str] | None, labels: bool, tiles: bool) -> list[str]:
+        keys = []
+        if tiles:
+            keys += ["tiles/id", "tiles/split"]
+        for s in (self.sensors if sensors is None else sensors):
+            if s not in self.attrs["sensors"]:
+                raise KeyError(f"{self.url}: no sensor {s!r}; stored: {', '.join(self.sensors)}")
+            keys += [f"{s}/data", f"{s}/dates"]
+            if self.attrs["sensors"][s].get("mask_channels"):
+                keys.append(f"{s}/mask")
+        if labels:
+            keys += [f"labels/{n}" for n in self.label_names]
+        return keys
+
+    def read(self, start: int, stop: int, sensors: Sequence[str] | None = None, *, labels: bool = True,
+             tiles: bool = True) -> dict[str, np.ndarray]:
+        """Tiles ``[start, stop)`` as ``{"<sensor>/data"|"/dates"|"/mask", "labels/<name>", "tiles/id",
+        "tiles/split": ndarray}`` (the flat dict Ray Data batches use); arrays fetched concurrently."""
+        n = len(self)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"range [{start}, {stop}) outside the store's {n} tiles")
+        keys = self._keys(sensors, labels, tiles)
+        arrays = {k: self.root[k] for k in keys}
+        out: dict[str, np.ndarray] = {}
+        # Shard objects are fetched whole when the range covers a good part of them (one GET each);
+        # small ranges go through zarr, which reads the shard index and only the tiles needed.
+        fast: dict[str, tuple[ShardSpec, list[int]]] = {}
+        for k, a in arrays.items():
+            spec = self._spec(k, a)
+            if not FAST_SHARD_IO or spec is None or stop - start < spec.tiles // 4:
+                continue
+            fast[k] = (spec, list(range(start // spec.tiles, (stop - 1) // spec.tiles + 1) if stop > start else []))
+        keys_fetch = [spec.key(i) for spec, shards in fast.values() for i in shards]
+        blobs = dict(zip(keys_fetch, _get_all(self.root.store, keys_fetch))) if keys_fetch else {}
+        for k, (spec, shards) in fast.items():
+            res = np.empty((stop - start, *spec.shape[1:]), dtype=spec.dtype)
+            for i in shards:
+                s0 = i * spec.tiles
+                lo, hi = max(start, s0), min(stop, s0 + spec.tiles)
+                decode_shard(spec, blobs[spec.key(i)], lo - s0, hi - s0, res[lo - start:hi - start])
+            out[k] = res
+        slow = [k for k in keys if k not in fast]
+
+        async def fetch():
+            return await asyncio.gather(*(arrays[k]._async_array.getitem(slice(start, stop)) for k in slow))
+
+        from zarr.core.sync import sync
+        for k, v in zip(slow, sync(fetch()) if slow else []):
+            v = np.asarray(v)
+            out[k] = v.astype(object) if k.startswith("tiles/") else v
+        return {k: out[k] for k in keys}
+
+    def _spec(self, key: str, arr: zarr.Array) -> ShardSpec | None:
+        if key not in self._specs:
+            self._specs[key] = shard_spec(arr)
+        return self._specs[key]
+
+    def read_indices(self, indices: Sequence[int], sensors: Sequence[str] | None = None, *,
+                     labels: bool = True, tiles: bool = True) -> dict[str, np.ndarray]:
+        """Arbitrary tiles, in the given order (grouped into contiguous runs to limit requests)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        uniq = np.unique(idx)
+        if uniq.size == 0:
+            return {k: v[:0] for k, v in self.read(0, 0, sensors, labels=labels, tiles=tiles).items()}
+        runs = np.split(uniq, np.flatnonzero(np.diff(uniq) > 1) + 1)
+        parts = [self.read(int(r[0]), int(r[-1]) + 1, sensors, labels=labels, tiles=tiles) for r in runs]
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        pos = np.searchsorted(uniq, idx)
+        return {k: v[pos] for k, v in cat.items()}

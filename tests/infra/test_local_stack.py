@@ -1,0 +1,183 @@
+"""`make up` / `make down` end to end, through `python -m infra.local_stack` in a temp state dir
+with free ports, so it never touches a developer's running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUCKET = "anysat-test"
+
+
+def _stack_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for key in list(env):
+        # a developer's sourced .stack/env or cluster settings must not leak into the test stack
+        if key.startswith(("RAY_", "MLFLOW_", "AWS_", "ANYSAT_")):
+            del env[key]
+    env.update({
+        "ANYSAT_RAY_PORT": "0", "ANYSAT_DASHBOARD_PORT": "0",
+        "ANYSAT_MLFLOW_PORT": "0", "ANYSAT_S3_PORT": "0",
+        "ANYSAT_S3_BUCKET": BUCKET,
+        "ANYSAT_RAY_NUM_CPUS": "1",
+        "ANYSAT_RAY_OBJECT_STORE_MEMORY": str(100 * 1024 * 1024),
+    })
+    return env
+
+
+def _stack(cmd: str, state_dir: Path, timeout: float = 150.0) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "infra.local_stack", cmd, "--state-dir", str(state_dir)],
+        cwd=REPO, env=_stack_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _parse_exports(text: str) -> dict[str, str]:
+    import shlex
+
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            key, _, value = line[len("export "):].partition("=")
+            out[key] = shlex.split(value)[0] if value else ""
+    return out
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _family(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root] + root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_stack_up_use_down(tmp_path):
+    t0 = time.monotonic()
+    state_dir = tmp_path / "stack"
+    up = _stack("up", state_dir)
+    assert up.returncode == 0, up.stdout + up.stderr
+    family: list[psutil.Process] = []
+    try:
+        env = _parse_exports(up.stdout)
+        assert env["RAY_AUTH_MODE"] == "token"
+        assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
+        assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
+        assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+        assert _parse_exports((state_dir / "env").read_text()) == env
+
+        state = json.loads((state_dir / "state.json").read_text())
+        for name in ("s3", "mlflow", "ray"):
+            assert (state_dir / f"{name}.pid").read_text().strip() == str(state["services"][name]["pid"])
+            assert (state_dir / "logs" / f"{name}.log").exists()
+
+        # S3: the bucket exists and takes objects
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        s3.head_bucket(Bucket=BUCKET)
+        s3.put_object(Bucket=BUCKET, Key="probe/hello.txt", Body=b"hello")
+
+        # MLflow: a run with an artifact; the artifact must land in the S3 bucket
+        status, body = _get(env["MLFLOW_TRACKING_URI"] + "/health")
+        assert status == 200, body
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        exp = client.create_experiment("stack-test")
+        run = client.create_run(exp)
+        client.log_metric(run.info.run_id, "loss", 0.5)
+        artifact = tmp_path / "notes.txt"
+        artifact.write_text("artifact body")
+        client.log_artifact(run.info.run_id, str(artifact))
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+        assert any(k.endswith(f"{run.info.run_id}/artifacts/notes.txt") for k in keys), keys
+        assert client.get_run(run.info.run_id).data.metrics["loss"] == 0.5
+
+        # Ray: the dashboard answers, and only with the token
+        status, _ = _get(env["RAY_ADDRESS"] + "/api/version")
+        assert status == 401
+        token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+        status, body = _get(env["RAY_ADDRESS"] + "/api/version", {"Authorization": f"Bearer {token}"})
+        assert status == 200 and json.loads(body)["ray_version"]
+
+        # a job sees the stack's S3 and MLflow through the head's environment, and `python` on
+        # the head is this interpreter
+        job_env = {**_stack_env(), **env}
+        probe = ("import os, sys, boto3; "
+                 f"print('BODY', boto3.client('s3').get_object(Bucket='{BUCKET}', Key='probe/hello.txt')['Body'].read()); "
+                 "print('MLFLOW', os.environ['MLFLOW_TRACKING_URI']); print('PY', sys.executable)")
+        job = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--", "python", "-c", probe],
+            env=job_env, capture_output=True, text=True, timeout=120,
+        )
+        assert job.returncode == 0, job.stdout + job.stderr
+        assert "BODY b'hello'" in job.stdout
+        assert f"MLFLOW {env['MLFLOW_TRACKING_URI']}" in job.stdout
+
+        # idempotent: a second `up` starts nothing new
+        again = _stack("up", state_dir)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.count("already running") == 3
+        assert json.loads((state_dir / "state.json").read_text())["services"] == state["services"]
+        st = _stack("status", state_dir)
+        assert st.returncode == 0 and st.stdout.count(" up ") == 3, st.stdout
+
+        for name in ("s3", "mlflow", "ray"):
+            family += _family(state["services"][name]["pid"])
+        assert len(family) >= 5  # ray start + gcs + raylet + dashboard ... at least
+    finally:
+        down = _stack("down", state_dir)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert down.stdout.count("stopped") == 3, down.stdout
+
+    time.sleep(0.5)
+    left = [p.pid for p in family if _alive(p)]
+    assert not left, f"processes left behind: {left}"
+    ray_temp = state["ray_temp_dir"]
+    stragglers = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(ray_temp in part for part in (p.info["cmdline"] or [])) and _alive(p):
+                stragglers.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    assert not stragglers
+    for name in ("s3", "mlflow", "ray"):
+        assert not (state_dir / f"{name}.pid").exists()
+    # moto is in-memory: down snapshots the bucket so the MLflow db keeps its artifacts
+    manifest = json.loads((state_dir / "s3-snapshot" / "manifest.json").read_text())
+    assert any(m["key"] == "probe/hello.txt" for m in manifest)
+    assert _stack("status", state_dir).returncode != 0
+    # Ray's session logs sit outside tmp_path (short socket paths); they are this test's to remove
+    shutil.rmtree(ray_temp, ignore_errors=True)

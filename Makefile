@@ -24,13 +24,13 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-bench: bench-model
+bench: bench-model bench-ingest bench-train
 
 bench-model: $(STAMP)
 	$(PY) benchmarks/bench_model.py --out benchmarks/results/model.json
 
 demo: $(STAMP)
-	@echo "make demo: not yet available (needs the training service, issue 4)."
+	$(PY) -m infra.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results

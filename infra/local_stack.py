@@ -507,7 +507,9 @@ def _prepare_dir(state_dir: Path) -> None:
         gi.write_text("*\n")
 
 
-def up(state_dir: Path) -> State:
+def up(state_dir: Path, services: tuple[str, ...] = SERVICES) -> State:
+    """Start ``services`` (default: all) and wait until they answer; idempotent."""
+    services = tuple(n for n in SERVICES if n in services)  # keep the start order
     _prepare_dir(state_dir)
     state = State.load(state_dir)
     if state is None or not any(_process(state, n) for n in SERVICES):
@@ -518,7 +520,7 @@ def up(state_dir: Path) -> State:
 
     started: list[str] = []
     try:
-        for name in SERVICES:
+        for name in services:
             if _process(state, name) is not None:
                 continue
             state.services.pop(name, None)
@@ -531,7 +533,7 @@ def up(state_dir: Path) -> State:
                 if restored:
                     print(f"# s3: restored {restored} objects from {_snapshot_dir(state)}")
         # MLflow and Ray start side by side; wait for both only after both were launched.
-        for name in SERVICES:
+        for name in services:
             _wait_ready(state, name)
         _ensure_bucket(state)
     except BaseException:
@@ -545,7 +547,7 @@ def up(state_dir: Path) -> State:
         state.save()
         raise
     write_env_file(state)
-    for name in SERVICES:
+    for name in services:
         verb = "started" if name in started else "already running"
         print(f"# {name:6s} {verb:15s} pid {state.services[name]['pid']:<7d} {_url(state, name)}")
     return state

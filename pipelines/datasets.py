@@ -17,6 +17,25 @@ from anysat.sensors import Sensor, register_sensor
 # Store-only sensors that GeoPlex archives carry but the released model has no projector for.
 register_sensor(Sensor("s1-des", 10, ("VV", "VH"), True, "ltae", subpatch_m=10))
 
+# Sensors of the six external evaluation datasets (raw-formats §6-§11), registered here rather than in
+# model code: the model builds a projector for any registered key.
+# HLS Burn Scars: 6 HLS bands at 30 m; AnySat trains a new LTAE projector for it (T0 366, spec §4.5).
+register_sensor(Sensor("hls", 30, ("B02", "B03", "B04", "B8A", "B11", "B12"), True, "ltae", subpatch_m=30,
+                       reduce_scale=3, t0=366))
+# Landsat-8 Collection-2 L2 as SICKLE ships it (surface reflectance + surface temperature). SICKLE's
+# loaders nearest-resize every band to the 32 x 32 10 m label grid, so the stored grid is 10 m.
+register_sensor(Sensor("l8-sr", 10, ("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "ST_B10"),
+                       True, "ltae", subpatch_m=10, t0=366, dropout=0.0))
+# Store-only: the S2 bands the model's 10-band ``s2`` leaves out (60 m aerosol / water vapour / cirrus),
+# kept so L1C/L2A archives that ship them (Sen1Floods11: 13 bands, SICKLE: B1, B9) stay lossless.
+register_sensor(Sensor("s2-aux", 10, ("B1", "B9", "B10"), True, "ltae", subpatch_m=10))
+# Store-only: TimeSen2Crop's per-date quality flag (0 clear, 1 cloud, 2 shadow, 3 snow).
+register_sensor(Sensor("s2-flag", 10, ("Flag",), True, "ltae", subpatch_m=10))
+# Store-only: So2Sat LCZ42 ``sen1`` as in the file (complex SLC parts, Lee-filtered intensities and
+# covariance); the model's ``s1`` gets channels [2, 0] (real parts of VV and VH), as AnySat does.
+register_sensor(Sensor("s1-so2sat", 10, ("VH_re", "VH_im", "VV_re", "VV_im", "VH_lee", "VV_lee", "C12_re",
+                                         "C12_im"), True, "ltae", subpatch_m=10))
+
 Task = Literal["multilabel", "multiclass", "segmentation", "none"]
 
 
@@ -131,3 +150,68 @@ register_dataset(DatasetSpec(
     extra={"upsampled": {"s2": {"bands": ("B5", "B6", "B7", "B8A", "B11", "B12"), "factor": 2, "method": "nearest"},
                          "l8": {"bands": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11"),
                                 "factor": 2, "method": "nearest"}}}))
+
+
+# -- external evaluation datasets (issue 7; raw-formats §6-§11, patch sizes from anysat-model §4.5) -----
+LCZ_CLASSES = ("compact high-rise", "compact mid-rise", "compact low-rise", "open high-rise", "open mid-rise",
+               "open low-rise", "lightweight low-rise", "large low-rise", "sparsely built", "heavy industry",
+               "dense trees", "scattered trees", "bush, scrub", "low plants", "bare rock or paved",
+               "bare soil or sand", "water")
+# Best-effort names (raw-formats §8, low confidence); the stored label is the class folder number.
+TIMESEN2CROP_CLASSES = ("Legumes", "Grassland", "Maize", "Potato", "Sunflower", "Soy", "Winter barley",
+                        "Winter caraway", "Rye", "Rapeseed", "Beet", "Spring cereals", "Winter wheat",
+                        "Winter triticale", "Permanent plantation", "Other crops")
+SICKLE_MASK_BANDS = ("plot_id", "crop_type", "sowing_day", "transplanting_day", "harvesting_day", "yield")
+
+register_dataset(DatasetSpec(
+    "bradd-s1ts", sensors=("s1",), model_sensors=("s1",), tile_m=480, patch_sizes_m=(40,), batch_size=8,
+    tiles_per_shard=64, group="external",
+    labels=(LabelSpec("deforest_new", "segmentation", ("not deforested", "deforested")),   # label[1]: AnySat
+            LabelSpec("deforest_old", "segmentation", ("not deforested", "deforested")),   # label[0]
+            # days since 1970 of the two label dates (old, new); kept so the change window is recoverable
+            LabelSpec("label_dates", "none", ("old", "new"))),
+    source="pipelines.sources.bradd:BraDDS1TS"))
+register_dataset(DatasetSpec(
+    "sickle", sensors=("s2", "s1", "l8-sr", "s2-aux"), model_sensors=("l8-sr", "s2", "s1"), tile_m=320,
+    patch_sizes_m=(10,), batch_size=12, tiles_per_shard=64, group="external",
+    labels=(LabelSpec("paddy", "segmentation", ("paddy", "non-paddy"), ignore_index=-1),
+            LabelSpec("masks_10m", "none", SICKLE_MASK_BANDS)),
+    source="pipelines.sources.sickle:Sickle",
+    # Not lossless: every band is nearest-resized to the 32 x 32 10 m grid, as all SICKLE loaders do.
+    # SICKLE's test labels are withheld, so AnySat evaluates on "val"; AnySat feeds L8 to the l8 projector
+    # in 11 slots [pad, SR_B1..SR_B7, pad, ST_B10, pad] (pads masked).
+    extra={"grid_px": 32, "resample": "nearest (cv2 INTER_NEAREST convention: src = floor(dst * in / out))",
+           "anysat_splits": {"train": "train", "val": "val", "test": "val"},
+           "anysat_l8_slots": ("pad", "SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "pad",
+                               "ST_B10", "pad")}))
+register_dataset(DatasetSpec(
+    "timesen2crop", sensors=("s2", "s2-flag"), model_sensors=("s2",), tile_m=10, patch_sizes_m=(10,),
+    batch_size=2048, tiles_per_shard=4096, group="external",
+    labels=(LabelSpec("crop", "multiclass", TIMESEN2CROP_CLASSES),),
+    source="pipelines.sources.timesen2crop:TimeSen2Crop",
+    # splits: AnySat's tile protocol (val 33TWN, test 33UVP, train the other 2017-18 tiles); the 2019
+    # agronomic-year folders are the authors' temporal-transfer test set, stored as "test-2019".
+    extra={"anysat_tiles": {"val": ("33TWN",), "test": ("33UVP",)},
+           "official_splits": {"train": ("train", "val", "test"), "test": ("test-2019",)}}))
+register_dataset(DatasetSpec(
+    "sen1floods11", sensors=("s2", "s1", "s2-aux"), model_sensors=("s2", "s1"), tile_m=5120,
+    patch_sizes_m=(80,), batch_size=4, tiles_per_shard=8, group="external",
+    labels=(LabelSpec("water", "segmentation", ("not water", "water"), ignore_index=-1),),
+    source="pipelines.sources.sen1floods11:Sen1Floods11",
+    extra={"held_out": ("bolivia",)}))
+register_dataset(DatasetSpec(
+    "so2sat", sensors=("s2", "s1", "s1-so2sat"), model_sensors=("s2", "s1"), tile_m=320, patch_sizes_m=(80,),
+    batch_size=128, tiles_per_shard=1024, group="external",
+    labels=(LabelSpec("lcz", "multiclass", LCZ_CLASSES),),
+    source="pipelines.sources.so2sat:So2Sat",
+    # AnySat's So2Sat ratio uses eps 1e-4 (the registry's s1 ratio uses 1e-10)
+    extra={"s1_from_sen1_channels": (2, 0), "anysat_ratio_eps": 1e-4}))
+register_dataset(DatasetSpec(
+    "hls-burn-scars", sensors=("hls",), model_sensors=("hls",), tile_m=15360, patch_sizes_m=(240,),
+    batch_size=4, tiles_per_shard=8, group="external",
+    labels=(LabelSpec("burn", "segmentation", ("not burned", "burn scar"), ignore_index=-1),),
+    source="pipelines.sources.hls_burn_scars:HLSBurnScars",
+    # stored splits follow AnySat/PANGAEA (val = 10 % of training/, sklearn seed 23; test = validation/);
+    # the official two-way split is their union as below
+    extra={"official_splits": {"training": ("train", "val"), "validation": ("test",)},
+           "anysat_val": "train_test_split(np.arange(n_sorted_training), test_size=0.1, random_state=23)"}))

@@ -17,6 +17,12 @@ GENERATORS: dict[str, str] = {
     "flair": "flair",
     "planted": "planted",
     "s2naip-urban": "s2naip",
+    "bradd-s1ts": "bradd",
+    "sickle": "sickle",
+    "timesen2crop": "timesen2crop",
+    "sen1floods11": "sen1floods11",
+    "so2sat": "so2sat",
+    "hls-burn-scars": "hls_burn_scars",
 }
 
 

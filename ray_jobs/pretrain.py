@@ -1,0 +1,94 @@
+"""AnySat JEPA pretraining on Ray Train.
+
+    python -m ray_jobs.pretrain --config configs/pretrain/geoplex-tiny.yaml [--set key=value ...]
+
+The same command runs on a laptop (a local Ray instance is started) and, unchanged, as a Ray job:
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m ray_jobs.pretrain --config configs/pretrain/geoplex-tiny.yaml \\
+        --set data.root=$PWD/data/stores --set storage_path=$PWD/runs \\
+        --set mlflow.tracking_uri=sqlite:///$PWD/mlflow.db
+
+(a job runs in a copy of the working dir, so local paths are best given absolute; the shell expands
+``$PWD`` at submit time). Resubmitting the same ``name`` with the same ``storage_path`` resumes from
+its latest checkpoint into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from ray_jobs.config import ConfigError, PretrainConfig, check_stores, load_config, resolve_paths
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ray_jobs.pretrain", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, help="YAML config (configs/pretrain/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key; the value is parsed as YAML (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="validate config and stores, print the plan, exit")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = resolve_paths(load_config(args.config, args.overrides, cls=PretrainConfig))
+        check_stores(cfg)
+        from ray_jobs.data import resolve_plans, store_versions
+
+        plans = resolve_plans(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for n, p in plans.items():
+        print(f"{n}: {p['url']} {p['n_split']} {p['split']} tiles, batch {p['batch_size']}, weight {p['weight']}, "
+              f"patch sizes {p['patch_sizes_m']} m, sensors {list(p['sensors'])}")
+    print(f"storage: {cfg.storage_path}/{cfg.name}   mlflow: {cfg.mlflow.tracking_uri} "
+          f"(experiment {cfg.mlflow.experiment})")
+    if args.dry_run:
+        return 0
+
+    import ray
+
+    from ray_jobs.tracking import open_run
+    from ray_jobs.train import fit, has_checkpoints
+
+    if not ray.is_initialized():
+        # RAY_ADDRESS (set by `ray job submit`) or a running local cluster is used; else a local one
+        ray.init(log_to_driver=True)
+    resume = has_checkpoints(cfg)
+    if resume:
+        print(f"resuming {cfg.storage_path}/{cfg.name} from its latest checkpoint")
+    run_id = open_run(cfg, store_versions(plans), resume=resume) if cfg.mlflow.enabled else None
+    from ray.train import TrainingFailedError
+
+    try:
+        result = fit(cfg, plans, run_id)
+    except TrainingFailedError as e:  # retries (train.max_failures) exhausted
+        _mark_failed(cfg, run_id)
+        print(f"training failed: {e}", file=sys.stderr)
+        return 1
+    if result.error:
+        _mark_failed(cfg, run_id)
+        print(f"training failed: {result.error}", file=sys.stderr)
+        return 1
+    print(f"done: checkpoint {result.checkpoint.path if result.checkpoint else None}; MLflow run {run_id} "
+          f"at {cfg.mlflow.tracking_uri}")
+    return 0
+
+
+def _mark_failed(cfg: PretrainConfig, run_id: str | None) -> None:
+    if run_id:
+        from ray_jobs.tracking import Tracker
+
+        Tracker(cfg.mlflow.tracking_uri, run_id).finish("FAILED")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    sys.exit(main())

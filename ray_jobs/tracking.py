@@ -1,0 +1,221 @@
+"""MLflow tracking for Ray Train jobs (the only module of the project that talks to MLflow).
+
+Who logs what:
+
+* the driver (entrypoint) opens the run before ``trainer.fit()``: it finds the MLflow run of this Ray
+  run (tag ``anysat.run_key`` = ``<storage_path>/<name>``) or creates it, and logs params (flattened
+  config without secrets + store versions + git commit) and the config YAML. Creating the run in the
+  driver means a worker that dies before its first checkpoint does not leave an orphan run behind,
+  and a resubmitted run name lands in the same MLflow run;
+* rank 0 of the worker group logs metrics, preview plots and the final model through
+  :class:`Tracker`; every other rank gets a no-op tracker.
+
+Metric history stays free of duplicates across restarts: a resumed tracker reads the last step
+already logged and drops anything at or before it (steps between the last checkpoint and a crash
+were logged by the dead attempt and are re-run, not re-logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ray_jobs.config import TrainConfig, flatten, is_secret
+
+__all__ = ["Tracker", "open_run", "git_commit", "safe_params", "RUN_KEY_TAG", "artifact_location"]
+
+log = logging.getLogger(__name__)
+
+RUN_KEY_TAG = "anysat.run_key"
+# MLflow 3 sends usage telemetry by default; training clusters are often offline and it adds latency.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+_MAX_PARAM_LEN = 6000  # MLflow's param value limit is 6000 characters
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def git_commit(path: str | os.PathLike | None = None) -> str:
+    """Commit of the code being run: ``ANYSAT_GIT_COMMIT`` (set by CI/images, and because
+    ``ray job submit`` ships the working dir without ``.git``) or ``git rev-parse``."""
+    env = os.environ.get("ANYSAT_GIT_COMMIT")
+    if env:
+        return env
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path or os.getcwd(), capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                   cwd=path or os.getcwd(), capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def safe_params(params: dict[str, Any]) -> dict[str, str]:
+    """Drop anything that looks like a credential (by key), redact ``user:password@`` in URLs and
+    stringify for MLflow."""
+    out = {}
+    for k, v in params.items():
+        if is_secret(k):
+            continue
+        s = "" if v is None else str(v)
+        s = _URL_USERINFO.sub(r"\g<scheme>***@", s)
+        out[k] = s[:_MAX_PARAM_LEN]
+    return out
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a sqlite-backed experiment live next to the database (MLflow's default,
+    ``./mlruns`` of whatever process creates the experiment, would be a Ray worker's temp dir)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts" / experiment).as_uri()
+    return None
+
+
+def open_run(cfg: TrainConfig, extra_params: dict[str, Any] | None = None, resume: bool = True) -> str:
+    """Find (when ``resume``: the Ray run has checkpoints to resume from) or create the MLflow run of
+    this Ray run; a new run gets the params and the config. Returns the run id."""
+    uri = cfg.mlflow.tracking_uri
+    client = _client(uri)
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        cfg.mlflow.experiment, artifact_location=artifact_location(uri, cfg.mlflow.experiment))
+    run_key = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    # Without checkpoints training restarts at step 0, so an old run of the same key must not be
+    # reused (its history would make the new steps look like duplicates).
+    found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
+                               order_by=["attributes.start_time DESC"], max_results=1) if resume else []
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        log.info("resuming MLflow run %s (%s)", run_id, run_key)
+        return run_id
+    run = client.create_run(exp_id, run_name=cfg.name, tags={RUN_KEY_TAG: run_key,
+                                                                "mlflow.source.name": "ray_jobs"})
+    run_id = run.info.run_id
+    params = {**flatten(cfg), **(extra_params or {})}
+    params["git_commit"] = params.get("git_commit") or git_commit()
+    items = sorted(safe_params(params).items())
+    from mlflow.entities import Param
+
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+    cfg_dump = cfg.model_dump(mode="json")
+    _strip_secrets(cfg_dump)
+    client.log_text(run_id, yaml.safe_dump(cfg_dump, sort_keys=False), "config.yaml")
+    log.info("MLflow run %s at %s", run_id, uri)
+    return run_id
+
+
+def _strip_secrets(d: Any) -> None:
+    if isinstance(d, dict):
+        for k in list(d):
+            if is_secret(str(k)):
+                d[k] = "***"
+            else:
+                _strip_secrets(d[k])
+    elif isinstance(d, list):
+        for x in d:
+            _strip_secrets(x)
+
+
+class Tracker:
+    """Rank-0 MLflow logger bound to one run; a disabled tracker ignores every call."""
+
+    def __init__(self, uri: str | None, run_id: str | None, enabled: bool = True):
+        self.enabled = bool(enabled and uri and run_id)
+        self.uri, self.run_id = uri, run_id
+        self.last_step = -1
+        if self.enabled:
+            self.client = _client(uri)
+            self.client.update_run(run_id, status="RUNNING")
+
+    def resume_guard(self, key: str = "train/loss") -> int:
+        """Read the last step already in the history of ``key``; later logs at or before it are dropped."""
+        if self.enabled:
+            hist = self.client.get_metric_history(self.run_id, key)
+            self.last_step = max((m.step for m in hist), default=-1)
+        return self.last_step
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled or step <= self.last_step or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, int(step))
+                                                    for k, v in metrics.items()])
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        have = self.client.get_run(self.run_id).data.params
+        items = [Param(k, v) for k, v in safe_params(params).items() if k not in have]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def log_figure(self, fig, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_figure(self.run_id, fig, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_encoder(self, state_dict: dict, model_config: dict, registered_model_name: str | None) -> None:
+        """Log the encoder state dict (plain tensors, ``torch.load(weights_only=True)``) as an MLflow
+        pyfunc model whose artifact is that file, and register it under ``registered_model_name``."""
+        if not self.enabled:
+            return
+        import mlflow
+        import torch
+
+        from ray_jobs._mlflow_model import AnySatEncoderModel
+
+        with tempfile.TemporaryDirectory() as d:
+            sd_path = Path(d) / "encoder_state_dict.pt"
+            torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, sd_path)
+            cfg_path = Path(d) / "model_config.yaml"
+            cfg_path.write_text(yaml.safe_dump(model_config))
+            self.client.log_artifact(self.run_id, str(sd_path), "encoder")
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.run_id):
+                mlflow.pyfunc.log_model(
+                    name="encoder_model", python_model=AnySatEncoderModel(),
+                    artifacts={"state_dict": str(sd_path), "model_config": str(cfg_path)},
+                    registered_model_name=registered_model_name,
+                    # pinning requirements skips MLflow's slow dependency inference (a subprocess)
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "pyyaml"],
+                    code_paths=None)
+            # start_run/end_run would mark the run FINISHED; the caller decides the final status
+            self.client.update_run(self.run_id, status="RUNNING")
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self.client.set_terminated(self.run_id, status=status)

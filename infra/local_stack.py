@@ -535,7 +535,8 @@ def up(state_dir: Path, services: tuple[str, ...] = SERVICES) -> State:
         # MLflow and Ray start side by side; wait for both only after both were launched.
         for name in services:
             _wait_ready(state, name)
-        _ensure_bucket(state)
+        if "s3" in services:
+            _ensure_bucket(state)
     except BaseException:
         # Leave nothing half-started behind: stop what this call launched (and only that).
         for name in reversed(started):

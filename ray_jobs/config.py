@@ -56,8 +56,11 @@ class DatasetEntry(Section):
     name: str
     store: str | None = None
     """Store URL; default ``<data.root>/<name>.zarr``."""
-    split: str = "train"
-    val_split: str | None = "val"
+    split: str | list[str] = "train"
+    """Training split: a store split, an alias from the registry (PASTIS-HD ``train`` = fold1-3,
+    ``extra["split_folds"]``), or an explicit list of store splits (``[fold1, fold2, fold3]``)."""
+    val_split: str | list[str] | None = "val"
+    """Validation split, same forms; ignored (no validation) when the store lacks it."""
     batch_size: int | None = Field(default=None, ge=1)
     weight: float | None = Field(default=None, gt=0)
     patch_sizes_m: list[int] | None = None

@@ -34,7 +34,7 @@ from anysat.sensors import get_sensor
 from ray_jobs.config import TrainConfig, store_url
 
 __all__ = ["resolve_plans", "StoreStream", "ReadRange", "collate", "convert_dates", "stream_items",
-           "tokens_per_sample", "preview_figure", "store_versions"]
+           "tokens_per_sample", "preview_figure", "store_versions", "split_aliases", "store_splits", "has_split"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def resolve_plans(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
         if missing or not sensors:
             raise ValueError(f"{e.name}: sensors {missing or sensors} not in store {url} (stored: {stored})")
         splits = reader.split_names()
-        if e.split not in splits:
-            raise ValueError(f"{e.name}: split {e.split!r} not in store {url} (splits: {splits})")
+        aliases = split_aliases(e.name, splits)
+        train_splits = _check_split(aliases, splits, e.split, e.name, url)
         tile_m = float(reader.attrs.get("tile_m", spec.tile_m))
         patch_sizes = list(e.patch_sizes_m or reader.attrs.get("patch_sizes_m") or spec.patch_sizes_m)
         bad = [p for p in patch_sizes if tile_m % p]
@@ -69,7 +69,7 @@ def resolve_plans(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
         sensor_plans = {}
         for s in sensors:
             info = reader.sensor_info(s)
-            sensor_plans[s] = _sensor_plan(reader, s, info, e.name, e.split)
+            sensor_plans[s] = _sensor_plan(reader, s, info, e.name, train_splits)
             if e.crop.get(s) and e.crop[s] > min(info["height"], info["width"]):
                 raise ValueError(f"{e.name}: crop {e.crop[s]} px larger than the {s} image")
         unknown_crop = sorted(set(e.crop) - set(sensors))
@@ -77,12 +77,13 @@ def resolve_plans(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
             raise ValueError(f"{e.name}: crop given for sensors not used: {unknown_crop}")
         plans[e.name] = {
             "name": e.name, "url": url, "storage_options": dict(so), "split": e.split,
-            "val_split": e.val_split if e.val_split in splits else None,
+            "val_split": e.val_split if e.val_split is not None and _has(aliases, splits, e.val_split) else None,
+            "split_aliases": aliases, "store_splits": splits,
             "batch_size": int(e.batch_size or spec.batch_size), "weight": float(e.weight or spec.weight),
             "patch_sizes_m": [int(p) for p in patch_sizes], "tile_m": tile_m, "sensors": sensor_plans,
             "temporal_dropout": e.temporal_dropout, "crop": {k: int(v) for k, v in e.crop.items()},
             "date_origin": e.date_origin, "n_tiles": len(reader),
-            "n_split": int(len(reader.split_indices(e.split))),
+            "n_split": int(len(reader.split_indices(train_splits))),
             "tiles_per_shard": reader.tiles_per_shard,
             "format_version": reader.attrs.get("format_version"),
             "provenance": _short_provenance(reader.attrs.get("provenance")),
@@ -93,13 +94,56 @@ def resolve_plans(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
     return plans
 
 
+# --------------------------------------------------------------------------------------------- splits
+def split_aliases(dataset: str, stored: list[str]) -> dict[str, list[str]]:
+    """Split name -> the store's ``tiles/split`` values it stands for.
+
+    Every stored split stands for itself; the registry's ``extra["split_folds"]`` adds logical names
+    (PASTIS-HD: ``train`` = fold1-3, ``val`` = fold4, ``test`` = fold5) whose folds are all stored.
+    A stored split of the same name wins over an alias."""
+    from pipelines.datasets import get_dataset
+
+    out = {s: [s] for s in stored}
+    folds = (get_dataset(dataset).extra or {}).get("split_folds") or {}
+    for name, parts in folds.items():
+        if name not in out and parts and all(p in stored for p in parts):
+            out[name] = list(parts)
+    return out
+
+
+def store_splits(plan: dict, split: str | list[str]) -> list[str]:
+    """A config's split (a name, alias or not, or an explicit list of stored splits) -> stored splits."""
+    if not isinstance(split, str):
+        return list(split)
+    return list(plan.get("split_aliases", {}).get(split, [split]))
+
+
+def _has(aliases: dict, stored: list[str], split: str | list[str]) -> bool:
+    if isinstance(split, str):
+        return split in aliases
+    return bool(split) and all(s in stored for s in split)
+
+
+def has_split(plan: dict, split: str | list[str] | None) -> bool:
+    """Whether ``split`` (name, alias or list) resolves to stored splits of the plan's store."""
+    return split is not None and _has(plan.get("split_aliases", {}), plan.get("store_splits", []), split)
+
+
+def _check_split(aliases: dict, stored: list[str], split, dataset: str, url: str) -> list[str]:
+    if not _has(aliases, stored, split):
+        extra = sorted(set(aliases) - set(stored))
+        raise ValueError(f"{dataset}: split {split!r} not in store {url} (splits: {stored}"
+                         + (f"; aliases: {extra}" if extra else "") + ")")
+    return aliases[split] if isinstance(split, str) else list(split)
+
+
 def _short_provenance(p: Any) -> dict:
     if not isinstance(p, dict):
         return {}
     return {k: v for k, v in p.items() if isinstance(v, (str, int, float)) and len(str(v)) < 200}
 
 
-def _sensor_plan(reader, key: str, info: dict, dataset: str, split: str) -> dict[str, Any]:
+def _sensor_plan(reader, key: str, info: dict, dataset: str, split: list[str]) -> dict[str, Any]:
     """Model bands of ``key``, where each comes from (stored index or derived), and its mean/std."""
     sensor = get_sensor(key)
     stored_bands = list(info["bands"])
@@ -134,7 +178,7 @@ def _sensor_plan(reader, key: str, info: dict, dataset: str, split: str) -> dict
         # deterministic, identical on every rank, and one shard read per dataset at start-up.
         lo, hi = reader.shard_ranges()[0]
         block = reader.read(lo, hi, [key], labels=False, tiles=True)
-        keep = block["tiles/split"] == split
+        keep = np.isin(block["tiles/split"], split)
         x = _bands_float(block[f"{key}/data"][keep], plan)
         valid = block[f"{key}/dates"][keep] >= 0 if plan["time_series"] else np.ones(x.shape[:2], bool)
         vals = np.moveaxis(x[valid], 1, 0).reshape(len(bands), -1) if valid.any() else None
@@ -188,10 +232,17 @@ def _seed(*parts: Any) -> int:
 class ReadRange:
     """Ray Data ``map_batches`` function: one row (a shard range work item) -> the tiles it yields.
 
-    Plain callable object (not a class type), so Ray Data runs it as a task with ``read_num_cpus``."""
+    Plain callable object (not a class type), so Ray Data runs it as a task with ``read_num_cpus``.
+    ``split`` is a split name (an alias such as PASTIS ``train`` reads its folds) or a list of stored
+    splits. ``label`` (a store label array) adds a ``label`` column; dense labels are cropped with
+    the image crops' offsets."""
 
-    def __init__(self, plan: dict[str, Any], split: str, train: bool, seed: int):
+    def __init__(self, plan: dict[str, Any], split: str | list[str], train: bool, seed: int,
+                 label: str | None = None):
         self.plan, self.split, self.train, self.seed = plan, split, train, seed
+        self.splits = store_splits(plan, split)
+        self.label = label
+        self._crops: dict[str, tuple] = {}
         self._reader = None
 
     @property
@@ -214,8 +265,9 @@ class ReadRange:
     def read_item(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
         plan = self.plan
         start, stop = int(item["start"]), int(item["stop"])
+        self._crops = {}
         block = self.reader.read(start, stop, list(plan["sensors"]), labels=False, tiles=True)
-        idx = np.flatnonzero(block["tiles/split"] == self.split)
+        idx = np.flatnonzero(np.isin(block["tiles/split"], self.splits))
         epoch = int(item["epoch"])
         if self.train:
             idx = np.random.default_rng(_seed(self.seed, plan["name"], epoch, start)).permutation(idx)
@@ -235,6 +287,10 @@ class ReadRange:
             out[f"{key}/dates"] = dates
             if mask is not None:
                 out[f"{key}/mask"] = mask
+        if self.label is not None:
+            lab = self.reader.read(start, stop, [], labels=True, tiles=False)[f"labels/{self.label}"]
+            y = lab[out["tile"] - start]
+            out["label"] = self._crop_label(y) if y.ndim == 3 and self._crops else y
         return out
 
     def _crop(self, data, mask, size, tiles, key, epoch):
@@ -245,6 +301,9 @@ class ReadRange:
                   for t in tiles]
         else:  # evaluation: centre crop, deterministic
             ys = [((h - size) // 2, (w - size) // 2)] * n
+        # offsets (top, left) per tile, kept so a dense label is cropped at exactly the same place
+        self._crops[key] = (h, w, size, np.array([int(y) for y, _ in ys], np.int64),
+                            np.array([min(int(x), w - size) for _, x in ys], np.int64))
         out = np.empty(data.shape[:-2] + (size, size), data.dtype)
         mout = None if mask is None else np.empty(mask.shape[:-2] + (size, size), mask.dtype)
         for i, (y, x) in enumerate(ys):
@@ -253,6 +312,19 @@ class ReadRange:
             if mout is not None:
                 mout[i] = mask[i, ..., y:y + size, x:x + size]
         return out, mout
+
+    def _crop_label(self, y: np.ndarray) -> np.ndarray:
+        """Crop dense labels (N, H, W) like the image crops (a label as fine as the image, or finer)."""
+        H, W = y.shape[-2:]
+        for key, (h, w, size, ys, xs) in self._crops.items():
+            if H % h == 0 and W % w == 0 and H // h == W // w:
+                r = H // h
+                out = np.empty((len(y), size * r, size * r), y.dtype)
+                for i in range(len(y)):
+                    out[i] = y[i, ys[i] * r:(ys[i] + size) * r, xs[i] * r:(xs[i] + size) * r]
+                return out
+        raise ValueError(f"{self.plan['name']}: label {self.label!r} ({H}x{W} px) matches none of the cropped "
+                         f"images {[(k, c[0], c[1]) for k, c in self._crops.items()]}")
 
     def _subsample(self, data, dates, mask, tiles, key, epoch):
         """Keep a random subset of the valid dates (train only), in time order, moved to the front;
@@ -313,9 +385,10 @@ def _split_counts(plan: dict, split: str, items: list[dict]) -> list[int]:
     from pipelines.store import StoreReader
 
     splits = StoreReader(plan["url"], plan["storage_options"]).splits()
+    names = store_splits(plan, split)
     out = []
     for it in items:
-        k = int((splits[it["start"]:it["stop"]] == split).sum())
+        k = int(np.isin(splits[it["start"]:it["stop"]], names).sum())
         out.append(len(range(it["offset"], k, it["stride"])))
     return out
 
@@ -332,9 +405,9 @@ class StoreStream:
 
     MIN_ITEMS = 16
 
-    def __init__(self, plan: dict, split: str, *, train: bool, rank: int, world: int, seed: int,
-                 read_num_cpus: float = 0.25, prefetch_batches: int = 1):
-        self.plan, self.split, self.train = plan, split, train
+    def __init__(self, plan: dict, split: str | list[str], *, train: bool, rank: int, world: int, seed: int,
+                 read_num_cpus: float = 0.25, prefetch_batches: int = 1, label: str | None = None):
+        self.plan, self.split, self.train, self.label = plan, split, train, label
         self.rank, self.world, self.seed = rank, world, seed
         self.read_num_cpus = read_num_cpus
         self.prefetch_batches = prefetch_batches
@@ -358,9 +431,10 @@ class StoreStream:
         ds.context.execution_options.preserve_order = True
         return ds.map_batches(self.read_fn(), batch_size=1, batch_format="numpy", num_cpus=self.read_num_cpus)
 
-    def read_fn(self):
-        """The per-item read function; subclasses override it to read more columns (labels)."""
-        return ReadRange(self.plan, self.split, self.train, self.seed)
+    def read_fn(self) -> ReadRange:
+        """The per-item read function (with ``label``: rows also carry the label column); the hook
+        for subclasses that read differently."""
+        return ReadRange(self.plan, self.split, self.train, self.seed, label=self.label)
 
     def batches(self, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
         B = self.batch_size

@@ -117,9 +117,9 @@ def run_embed(args, cfg, plan, task, splits: list[str]) -> dict[str, Any]:
 
     from pipelines import store as st
     from ray_jobs.data import ReadRange, stream_items
-    from ray_jobs.train import _quiet_ray_data
+    from ray_jobs.train import quiet_ray_data
 
-    _quiet_ray_data()
+    quiet_ray_data()
     reader = st.StoreReader(plan["url"], plan["storage_options"])
     out_url = args.out if args.out.rstrip("/").endswith(".zarr") else st.store_url(args.out, reader.dataset)
     if out_url.rstrip("/") == plan["url"].rstrip("/"):
@@ -239,14 +239,17 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     from ray_jobs.config import ConfigError
+    from ray_jobs.data import has_split, store_splits
     from ray_jobs.finetune import prepare
 
     try:
-        cfg, plan, task, store_splits = prepare(args.config, args.overrides)
-        splits = args.splits.split(",") if args.splits else store_splits
-        bad = [s for s in splits if s not in store_splits]
+        cfg, plan, task, known = prepare(args.config, args.overrides)
+        splits = args.splits.split(",") if args.splits else plan["store_splits"]
+        bad = [s for s in splits if not has_split(plan, s)]
         if bad:
-            raise ValueError(f"splits {bad} not in the store (splits: {store_splits})")
+            raise ValueError(f"splits {bad} not in the store (splits: {known})")
+        # aliases (PASTIS-HD train = fold1-3) -> the stored splits, each once
+        splits = list(dict.fromkeys(n for s in splits for n in store_splits(plan, s)))
         import ray
 
         if not ray.is_initialized():

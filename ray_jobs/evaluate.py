@@ -193,12 +193,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     from ray_jobs.config import ConfigError
+    from ray_jobs.data import has_split
     from ray_jobs.finetune import load_finetuned, model_from_state, prepare, run_evaluation
 
     try:
         cfg, plan, task, splits = prepare(args.config, args.overrides)
         split = args.split or cfg.eval.test_split
-        if split not in splits:
+        if split is None or not has_split(plan, split):
             raise ValueError(f"split {split!r} not in the store (splits: {splits})")
         ck = load_finetuned(args.checkpoint or f"{cfg.storage_path.rstrip('/')}/{cfg.name}", cfg.storage_options,
                             task, args.weights)
@@ -206,6 +207,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     task, step, state_file = ck["task"], ck["step"], ck["file"]
+    split_arg, split = split, split if isinstance(split, str) else "test"  # metric prefix of a list: test
     model = model_from_state(ck["state"], task)
     attention = cfg.encoder.attention or cfg.model.kwargs.get("attention")
     if attention:
@@ -213,7 +215,7 @@ def main(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.use_gpu else "cpu")
     model.to(device)
 
-    scalars, metrics, samples = run_evaluation(model, plan, task, split, rank=0, world=1, device=device,
+    scalars, metrics, samples = run_evaluation(model, plan, task, split_arg, rank=0, world=1, device=device,
                                                seed=cfg.seed, keep_samples=8, prefix=split)
     stats, per_class = metrics.statistics(), metrics.per_class()
     csv, md = per_class_table(per_class, task.classes)

@@ -18,8 +18,10 @@ best weights, early stopping on ``task.monitor``) -> at the end the test split w
 (``test/<metric>``, confusion matrix, prediction grid, per-class table; :mod:`ray_jobs.evaluate`) and
 the fine-tuned model as an MLflow artifact.
 
-Labels come from the same streams as the images: :class:`LabeledReadRange` adds ``labels/<label>``
-to each read and crops segmentation labels with the very offsets used for the image crops.
+Labels come from the same streams as the images: ``ray_jobs.data.ReadRange(..., label=)`` /
+``StoreStream(..., label=)`` add the ``label`` column to each read and crop segmentation labels with
+the very offsets used for the image crops. Split names go through the dataset's aliases (PASTIS-HD
+``train`` = fold1-3, ``val`` = fold4, ``test`` = fold5; ``ray_jobs.data.split_aliases``).
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ import numpy as np
 import torch
 
 from ray_jobs.config import ConfigError, check_stores, load_config, resolve_paths
-from ray_jobs.data import ReadRange, StoreStream
+from ray_jobs.data import ReadRange, StoreStream, has_split, store_splits
 from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask, resolve_task
 
-__all__ = ["main", "fit", "train_loop_per_worker", "LabeledReadRange", "LabeledStoreStream", "load_encoder",
+__all__ = ["main", "fit", "train_loop_per_worker", "load_encoder",
            "build_task_model", "model_from_state", "run_evaluation", "eval_batches", "targets_from_batch",
            "FinetuneModel",
            "FT_STATE_FILE", "find_checkpoint_file", "load_finetuned"]
@@ -53,73 +55,6 @@ FT_STATE_FILE = "finetune_state.pt"
 
 
 # ============================================================================================ data
-class LabeledReadRange(ReadRange):
-    """:class:`ray_jobs.data.ReadRange` that also returns the tiles' ``label`` array.
-
-    Image crops (random in training, centre in evaluation) are decided by the parent; the offsets are
-    recovered by cropping a raster of pixel indices with the parent's own ``_crop``, so a dense label
-    is cropped at exactly the same place whatever the parent's rule is."""
-
-    def __init__(self, plan: dict[str, Any], split: str, train: bool, seed: int, label: str):
-        super().__init__(plan, split, train, seed)
-        self.label = label
-        self._crops: dict[str, tuple] = {}
-
-    def _crop(self, data, mask, size, tiles, key, epoch):
-        h, w = data.shape[-2:]
-        pos = np.broadcast_to(np.arange(h * w, dtype=np.int64).reshape(1, 1, h, w), (len(data), 1, h, w))
-        picked, _ = super()._crop(pos, None, size, tiles, key, epoch)
-        first = picked[:, 0, 0, 0]
-        self._crops[key] = (h, w, size, first // w, first % w)
-        return super()._crop(data, mask, size, tiles, key, epoch)
-
-    def read_item(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
-        self._crops = {}
-        out = super().read_item(item)
-        start, stop = int(item["start"]), int(item["stop"])
-        lab = self.reader.read(start, stop, [], labels=True, tiles=False)[f"labels/{self.label}"]
-        y = lab[out["tile"] - start]
-        if y.ndim == 3 and self._crops:
-            y = self._crop_label(y)
-        out["label"] = y
-        return out
-
-    def _crop_label(self, y: np.ndarray) -> np.ndarray:
-        H, W = y.shape[-2:]
-        for key, (h, w, size, ys, xs) in self._crops.items():
-            if H % h == 0 and W % w == 0 and H // h == W // w:  # label as fine as the image, or finer
-                r = H // h
-                out = np.empty((len(y), size * r, size * r), y.dtype)
-                for i in range(len(y)):
-                    out[i] = y[i, ys[i] * r:(ys[i] + size) * r, xs[i] * r:(xs[i] + size) * r]
-                return out
-        raise ValueError(f"{self.plan['name']}: label {self.label!r} ({H}x{W} px) matches none of the cropped "
-                         f"images {[(k, c[0], c[1]) for k, c in self._crops.items()]}")
-
-
-class LabeledStoreStream(StoreStream):
-    """:class:`ray_jobs.data.StoreStream` whose rows carry ``label`` (same order, same resume rule)."""
-
-    def __init__(self, plan: dict, split: str, label: str, **kw):
-        self.label = label
-        super().__init__(plan, split, **kw)
-
-    def dataset(self, *args, **kwargs):
-        # The parent builds its Ray Dataset with the module-level name ``ReadRange``; binding that name
-        # to the labelled reader for the duration of the call reuses the parent's item/epoch logic
-        # unchanged (whatever its signature). Calls are sequential within a process.
-        # TODO(data.py owner): a ``read_fn`` hook on StoreStream would make this a plain override.
-        import ray_jobs.data as data_mod
-
-        original = data_mod.ReadRange
-        label = self.label
-        data_mod.ReadRange = lambda plan, split, train, seed: LabeledReadRange(plan, split, train, seed, label)
-        try:
-            return super().dataset(*args, **kwargs)
-        finally:
-            data_mod.ReadRange = original
-
-
 def eval_batches(plan: dict, split: str, label: str, rank: int, world: int, seed: int, batch_size: int):
     """This rank's share of ``split``, every tile once, in store order, the last batch partial.
 
@@ -128,7 +63,7 @@ def eval_batches(plan: dict, split: str, label: str, rank: int, world: int, seed
     validation splits are small and read once, so prefetching buys little."""
     from ray_jobs.data import stream_items
 
-    reader = LabeledReadRange(plan, split, False, seed, label)
+    reader = ReadRange(plan, split, False, seed, label=label)
     buf: list[dict[str, np.ndarray]] = []
     n = 0
     for item in stream_items(plan, split, False, rank, world, seed, 0):
@@ -219,13 +154,27 @@ def load_encoder(cfg: FinetuneConfig, sensors: list[str]):
     import mlflow.artifacts
     import yaml
 
-    d = Path(mlflow.artifacts.download_artifacts(artifact_uri=src.uri, tracking_uri=cfg.mlflow.tracking_uri))
+    uri = src.uri
+    if uri.startswith("models:/"):  # resolve against the configured registry, not the process default
+        from mlflow import MlflowClient
+        from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+        client = MlflowClient(cfg.mlflow.tracking_uri, registry_uri=cfg.mlflow.tracking_uri)
+        uri = client.get_model_version_download_uri(*get_model_name_and_version(client, uri))
+    d = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=cfg.mlflow.tracking_uri))
     sd_files = sorted(d.rglob("encoder_state_dict.pt"))
     if not sd_files:
         raise FileNotFoundError(f"{src.uri}: no encoder_state_dict.pt in the downloaded model")
     conf = sorted(d.rglob("model_config.yaml"))
-    if conf and not attention:
-        attention = (yaml.safe_load(conf[0].read_text()) or {}).get("kwargs", {}).get("attention")
+    meta = (yaml.safe_load(conf[0].read_text()) or {}) if conf else {}
+    # the pretraining service registers the EMA teacher (model_config "weights: teacher"); models
+    # logged before that carried the student and no "weights" key
+    logged = meta.get("weights", "student")
+    if logged != src.weights:
+        raise ValueError(f"{src.uri} holds the {logged} encoder, not the {src.weights} (encoder.weights); "
+                         f"take the {src.weights} from the pretraining checkpoint: encoder.source=checkpoint")
+    if not attention:
+        attention = meta.get("kwargs", {}).get("attention")
     return _subset(AnySat.from_official(str(sd_files[0]), attention=attention or "tokens"), sensors, attention)
 
 
@@ -279,7 +228,7 @@ def load_finetuned(uri: str, storage_options: dict | None, task: ResolvedTask, w
     ``{"state": flat state dict, "task", "step", "file", "run_id"}``. ``weights="best"`` takes the
     best-validation weights when the checkpoint recorded them; the task the model was trained for
     (stored beside it) wins over the config's."""
-    from ray_jobs.train import _join_state, load_checkpoint_state
+    from ray_jobs.train import join_state, load_checkpoint_state
 
     state_file = find_checkpoint_file(uri, storage_options)
     state = load_checkpoint_state(state_file)
@@ -287,7 +236,7 @@ def load_finetuned(uri: str, storage_options: dict | None, task: ResolvedTask, w
     extra = torch.load(extra_file, map_location="cpu", weights_only=True) if extra_file.exists() else {}
     if extra.get("task"):
         task = ResolvedTask.model_validate(extra["task"])
-    sd, step = _join_state(state["model"]), int(state["step"])
+    sd, step = join_state(state["model"]), int(state["step"])
     if weights == "best" and extra.get("best_weights"):
         sd, step = extra["best_weights"], int(extra["best"]["step"])
     return {"state": sd, "task": task, "step": step, "file": state_file,
@@ -295,9 +244,9 @@ def load_finetuned(uri: str, storage_options: dict | None, task: ResolvedTask, w
 
 
 def _flat(groups: dict) -> dict:
-    from ray_jobs.train import _join_state
+    from ray_jobs.train import join_state
 
-    return _join_state(groups) if all(isinstance(v, dict) for v in groups.values()) else groups
+    return join_state(groups) if all(isinstance(v, dict) for v in groups.values()) else groups
 
 
 # ====================================================================================== evaluation
@@ -311,7 +260,7 @@ def run_evaluation(module: FinetuneModel, plan: dict, task: ResolvedTask, split:
     to ``keep_samples`` (prediction, target) pairs of this rank, for plots."""
     from anysat.metrics import TaskMetrics
     from ray_jobs.data import collate
-    from ray_jobs.train import _all_reduce_mean
+    from ray_jobs.train import all_reduce_mean
 
     was_training = module.training
     module.eval()
@@ -334,7 +283,7 @@ def run_evaluation(module: FinetuneModel, plan: dict, task: ResolvedTask, split:
             pred = torch.sigmoid(logits) > 0.5 if task.kind == "multilabel" else logits.argmax(1)
             for j in range(min(len(y), keep_samples - len(samples))):
                 samples.append((pred[j].cpu().numpy(), y[j].cpu().numpy(), x, j))
-    s, n = _all_reduce_mean([loss_sum, float(n_loss)], device)
+    s, n = all_reduce_mean([loss_sum, float(n_loss)], device)
     scores = metrics.compute()  # collective: torchmetrics gathers the statistics of every rank
     out = {f"{prefix}/loss": s / n if n else float("nan")}
     out.update({f"{prefix}/{k}": v for k, v in scores.items()})
@@ -361,9 +310,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from ray_jobs.data import collate, preview_figure
     from ray_jobs.schedule import Schedule
     from ray_jobs.tracking import Tracker
-    from ray_jobs.train import (CHECKPOINT_FILE, _all_reduce_mean, _join_state, _log_preview, _maybe_inject_fault,
-                                _quiet_ray_data, build_optimizer, build_scheduler, load_checkpoint_state,
-                                save_checkpoint_state)
+    from ray_jobs.train import (CHECKPOINT_FILE, all_reduce_mean, join_state, log_preview, maybe_inject_fault,
+                                quiet_ray_data, build_optimizer, build_scheduler, load_checkpoint_state,
+                                report_checkpoint, save_checkpoint_state)
 
     cfg = FinetuneConfig.model_validate(loop_config["config"])
     task = ResolvedTask.model_validate(loop_config["task"])
@@ -371,7 +320,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    _quiet_ray_data()
+    quiet_ray_data()
 
     torch.manual_seed(cfg.seed)  # identical head init on every rank (DDP broadcasts anyway)
     module = build_task_model(load_encoder(cfg, list(plan["sensors"])), task, cfg.mode == "lp").to(device)
@@ -389,7 +338,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         with ckpt.as_directory() as d:
             state = load_checkpoint_state(Path(d) / CHECKPOINT_FILE)
             extra = torch.load(Path(d) / FT_STATE_FILE, map_location="cpu", weights_only=True)
-        module.load_state_dict(_join_state(state["model"]))
+        module.load_state_dict(join_state(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
@@ -419,8 +368,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         tracker.log_params({"trainable_parameters": n_train,
                             "total_parameters": sum(p.numel() for p in module.parameters())})
 
-    stream = LabeledStoreStream(plan, plan["split"], task.label, train=True, rank=rank, world=world, seed=cfg.seed,
-                                read_num_cpus=cfg.data.read_num_cpus, prefetch_batches=cfg.data.prefetch_batches)
+    stream = StoreStream(plan, plan["split"], train=True, rank=rank, world=world, seed=cfg.seed,
+                         read_num_cpus=cfg.data.read_num_cpus, prefetch_batches=cfg.data.prefetch_batches,
+                         label=task.label)
     it = stream.batches(consumed[plan["name"]])
     use_bf16 = device.type == "cuda" and cfg.train.precision in ("auto", "bf16")
     eval_kw = dict(rank=rank, world=world, device=device, seed=cfg.seed, max_batches=cfg.eval.val_batches,
@@ -430,7 +380,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     previewed = False
 
     while step < cfg.train.max_steps and not best["stopped"]:
-        _maybe_inject_fault(cfg, rank, step)
+        maybe_inject_fault(cfg, rank, step)
         t0 = time.perf_counter()
         raw = next(it)
         consumed[plan["name"]] += 1
@@ -439,7 +389,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         t_data = time.perf_counter() - t0
         if rank == 0 and cfg.train.preview and not previewed and tracker.last_step < 0:
             previewed = True
-            _log_preview(tracker, x, plan, preview_figure)
+            log_preview(tracker, x, plan, preview_figure)
 
         model.train()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -461,7 +411,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         win["data"] += t_data
 
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            mean_loss, data_frac = _all_reduce_mean([win["loss"] / win["n"], win["data"] / max(win["time"], 1e-9)],
+            mean_loss, data_frac = all_reduce_mean([win["loss"] / win["n"], win["data"] / max(win["time"], 1e-9)],
                                                     device)
             elapsed = time.perf_counter() - t_window
             tracker.log_metrics({"train/loss": mean_loss, "train/lr": optimizer.param_groups[0]["lr"],
@@ -499,16 +449,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps or best["stopped"] or (
                 evaluated and best["step"] == step and cfg.eval.restore_best):
-            report = {"step": step, "loss": float(loss.detach())}
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    save_checkpoint_state(Path(d) / CHECKPOINT_FILE, module, optimizer, scheduler, step,
-                                          schedule, consumed, run_id, cfg)
-                    torch.save({"best": dict(best), "best_weights": best_weights or {}, "task": task.model_dump()},
-                               Path(d) / FT_STATE_FILE)
-                    checkpoint = ray.train.Checkpoint.from_directory(d)
-                ray.train.report(report, checkpoint=checkpoint)
+            def write(d: Path) -> None:
+                save_checkpoint_state(d / CHECKPOINT_FILE, module, optimizer, scheduler, step, schedule, consumed,
+                                      run_id, cfg)
+                torch.save({"best": dict(best), "best_weights": best_weights or {}, "task": task.model_dump()},
+                           d / FT_STATE_FILE)
+
+            report_checkpoint({"step": step, "loss": float(loss.detach())}, rank, write)
             t_window = time.perf_counter()
 
     if step > first_step:  # a finished run resubmitted evaluates and logs nothing new
@@ -516,8 +463,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             module.load_state_dict(best_weights)
         if rank == 0:
             tracker.log_metrics({"best_step": best["step"]}, step)
-        splits = {cfg.eval.test_split} & set(loop_config.get("splits", []))
-        if splits:
+        if has_split(plan, cfg.eval.test_split):
             from ray_jobs.evaluate import log_evaluation
 
             test, metrics, samples = run_evaluation(module, plan, task, cfg.eval.test_split, prefix="test",
@@ -550,32 +496,18 @@ def _log_model(tracker, module: FinetuneModel, task: ResolvedTask, cfg: Finetune
 
 
 # ========================================================================================== driver
-def fit(cfg: FinetuneConfig, plan: dict, task: ResolvedTask, run_id: str | None, splits: list[str]):
-    """Build and run the TorchTrainer (the pretraining service's storage, failure and env settings)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+def fit(cfg: FinetuneConfig, plan: dict, task: ResolvedTask, run_id: str | None):
+    """Run the fine-tuning loop on a TorchTrainer (the pretraining service's trainer settings)."""
+    from ray_jobs.train import run_trainer
 
-    from ray_jobs.train import _worker_env, storage_filesystem
-
-    path, fs = storage_filesystem(cfg)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "plan": plan, "task": task.model_dump(),
-                           "run_id": run_id, "splits": splits},
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker,
-                                                           **({"GPU": 1} if cfg.use_gpu else {})}),
-        run_config=RunConfig(name=cfg.name, storage_path=path, storage_filesystem=fs,
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                             worker_runtime_env={"env_vars": _worker_env()}))
-    return trainer.fit()
+    return run_trainer(cfg, train_loop_per_worker, {"config": cfg.model_dump(mode="json"), "plan": plan,
+                                                    "task": task.model_dump(), "run_id": run_id})
 
 
 def prepare(config: str, overrides: list[str]) -> tuple[FinetuneConfig, dict, ResolvedTask, list[str]]:
-    """Config -> (absolute-path config, data plan, resolved task, store splits). Raises ConfigError /
-    ValueError / FileNotFoundError with the problem named."""
+    """Config -> (absolute-path config, data plan, resolved task, usable split names: the store's
+    splits and the dataset's aliases of them). Raises ConfigError / ValueError / FileNotFoundError
+    with the problem named."""
     from ray_jobs.data import resolve_plans
 
     cfg = resolve_paths(load_config(config, overrides, cls=FinetuneConfig))
@@ -589,7 +521,17 @@ def prepare(config: str, overrides: list[str]) -> tuple[FinetuneConfig, dict, Re
     reader = StoreReader(plan["url"], plan["storage_options"])
     if task.label not in reader.label_names:
         raise ConfigError(f"store {plan['url']} has no label {task.label!r} (labels: {reader.label_names})")
-    return cfg, plan, task, reader.split_names()
+    return cfg, plan, task, sorted(plan["split_aliases"])
+
+
+def _split_desc(plan: dict, split) -> str:
+    """``train`` / ``train (fold1+fold2+fold3)``: a split as configured and what it reads."""
+    if split is None:
+        return "none"
+    names = store_splits(plan, split)
+    if not isinstance(split, str) or [split] == names:
+        return "+".join(names)
+    return f"{split} ({'+'.join(names)})"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -610,7 +552,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{cfg.mode.upper()} {task.dataset}/{task.label} ({task.kind}, {len(task.classes)} classes): "
-          f"{plan['n_split']} {plan['split']} tiles, val {plan['val_split']}, test {cfg.eval.test_split}, "
+          f"{plan['n_split']} {_split_desc(plan, plan['split'])} tiles, val {_split_desc(plan, plan['val_split'])}, "
+          f"test {_split_desc(plan, cfg.eval.test_split)}, "
           f"batch {plan['batch_size']} x {cfg.num_workers} workers, patch {task.patch_size_m} m, head {task.head}, "
           f"loss {task.loss}, monitor val/{task.monitor}; "
           f"encoder {cfg.encoder.source} {cfg.encoder.uri or cfg.model.size}")
@@ -619,37 +562,12 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
 
-    import ray
-
     from ray_jobs.data import store_versions
-    from ray_jobs.tracking import open_run
-    from ray_jobs.train import has_checkpoints
+    from ray_jobs.train import drive
 
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
-    resume = has_checkpoints(cfg)
-    if resume:
-        print(f"resuming {cfg.storage_path}/{cfg.name} from its latest checkpoint")
     extra = {**store_versions({plan["name"]: plan}), **{f"task.resolved.{k}": v for k, v in task.model_dump().items()
                                                         if k != "classes"}}
-    run_id = open_run(cfg, extra, resume=resume) if cfg.mlflow.enabled else None
-    from ray.train import TrainingFailedError
-
-    try:
-        result = fit(cfg, plan, task, run_id, splits)
-        error = result.error
-    except TrainingFailedError as e:  # Ray Train raises once train.max_failures restarts are used up
-        error = e
-    if error:
-        if run_id:  # the run must not stay RUNNING forever
-            from ray_jobs.tracking import Tracker
-
-            Tracker(cfg.mlflow.tracking_uri, run_id).finish("FAILED")
-        print(f"fine-tuning failed: {error}", file=sys.stderr)
-        return 1
-    print(f"done: checkpoint {result.checkpoint.path if result.checkpoint else None}; MLflow run {run_id} "
-          f"at {cfg.mlflow.tracking_uri}")
-    return 0
+    return drive(cfg, extra, lambda run_id: fit(cfg, plan, task, run_id), "fine-tuning")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ class EncoderSource(Section):
     (``<storage_path>/<name>``, latest checkpoint); mlflow: ``models:/<name>/<version|alias>`` or
     ``runs:/<run_id>/encoder_model``; official: path to ``AnySat.pth``. Local paths or ``s3://``."""
     weights: Literal["teacher", "student"] = "teacher"
-    """Which encoder of a pretraining checkpoint (the paper fine-tunes the EMA teacher)."""
+    """Which encoder of a pretraining run (the paper fine-tunes the EMA teacher). ``checkpoint``: the
+    group read from ``state.pt``; ``mlflow``: checked against the logged model (the pretraining
+    service registers the teacher)."""
     attention: Literal["tokens", "flash-heads"] | None = None
     """Combiner attention mode (spec §7.1); default: the checkpoint's / ``model.kwargs``."""
 
@@ -79,8 +81,9 @@ class TaskConfig(Section):
 
 
 class EvalConfig(Section):
-    test_split: str | None = "test"
-    """Split evaluated at the end of training (``test/<metric>``); null skips it."""
+    test_split: str | list[str] | None = "test"
+    """Split evaluated at the end of training (``test/<metric>``): a store split, an alias (PASTIS-HD
+    ``test`` = fold5) or a list of store splits; null skips it."""
     val_batches: int | None = Field(default=None, ge=1)
     """Batches per rank per validation; null = the whole validation split."""
     patience: int | None = Field(default=10, ge=1)

@@ -53,40 +53,9 @@ def main(argv=None) -> int:
     if args.dry_run:
         return 0
 
-    import ray
+    from ray_jobs.train import drive, fit
 
-    from ray_jobs.tracking import open_run
-    from ray_jobs.train import fit, has_checkpoints
-
-    if not ray.is_initialized():
-        # RAY_ADDRESS (set by `ray job submit`) or a running local cluster is used; else a local one
-        ray.init(log_to_driver=True)
-    resume = has_checkpoints(cfg)
-    if resume:
-        print(f"resuming {cfg.storage_path}/{cfg.name} from its latest checkpoint")
-    run_id = open_run(cfg, store_versions(plans), resume=resume) if cfg.mlflow.enabled else None
-    from ray.train import TrainingFailedError
-
-    try:
-        result = fit(cfg, plans, run_id)
-    except TrainingFailedError as e:  # retries (train.max_failures) exhausted
-        _mark_failed(cfg, run_id)
-        print(f"training failed: {e}", file=sys.stderr)
-        return 1
-    if result.error:
-        _mark_failed(cfg, run_id)
-        print(f"training failed: {result.error}", file=sys.stderr)
-        return 1
-    print(f"done: checkpoint {result.checkpoint.path if result.checkpoint else None}; MLflow run {run_id} "
-          f"at {cfg.mlflow.tracking_uri}")
-    return 0
-
-
-def _mark_failed(cfg: PretrainConfig, run_id: str | None) -> None:
-    if run_id:
-        from ray_jobs.tracking import Tracker
-
-        Tracker(cfg.mlflow.tracking_uri, run_id).finish("FAILED")
+    return drive(cfg, store_versions(plans), lambda run_id: fit(cfg, plans, run_id), "training")
 
 
 if __name__ == "__main__":

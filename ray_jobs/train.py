@@ -7,7 +7,8 @@ The driver (:func:`fit`) resolves the data plans, opens the MLflow run and build
     patch size -> next batch of that dataset's stream -> DDP forward/backward (one dataset's
     projectors per step, hence find_unused_parameters) -> clip -> AdamW -> lr schedule -> EMA teacher
     -> every log_every: all-reduced losses + throughput to MLflow (rank 0) -> every eval_every:
-    validation losses -> every checkpoint.every: state to storage_path via ray.train.report.
+    validation losses -> every checkpoint.every: state to storage_path via ray.train.report
+    -> at the end the EMA teacher's encoder as the registered MLflow model.
 
 Fault tolerance comes from Ray Train: ``FailureConfig(max_failures)`` restarts a worker group whose
 process died, and ``ray.train.get_checkpoint()`` hands the new group the latest checkpoint; the same
@@ -32,8 +33,10 @@ import torch
 from ray_jobs.config import PretrainConfig
 from ray_jobs.schedule import Schedule
 
-__all__ = ["fit", "has_checkpoints", "train_loop_per_worker", "build_module", "build_optimizer", "build_scheduler",
-           "load_checkpoint_state", "CHECKPOINT_FILE", "storage_filesystem"]
+__all__ = ["fit", "run_trainer", "has_checkpoints", "train_loop_per_worker", "build_module", "build_optimizer",
+           "build_scheduler", "load_checkpoint_state", "save_checkpoint_state", "report_checkpoint", "drive", "join_state", "CHECKPOINT_FILE",
+           "storage_filesystem", "all_reduce_mean", "quiet_ray_data", "log_preview", "maybe_inject_fault",
+           "worker_env", "teacher_encoder", "student_encoder"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,15 @@ def student_encoder(module: torch.nn.Module) -> torch.nn.Module:
         if isinstance(enc, torch.nn.Module):
             return enc
     raise AttributeError("JEPA module exposes no `encoder`/`student` attribute")
+
+
+def teacher_encoder(module: torch.nn.Module) -> torch.nn.Module:
+    """The EMA teacher's AnySat (``JEPA.teacher.module``): the weights fine-tuning starts from."""
+    teacher = getattr(module, "teacher", None)
+    enc = getattr(teacher, "module", teacher)
+    if not isinstance(enc, torch.nn.Module):
+        raise AttributeError("JEPA module exposes no `teacher` encoder")
+    return enc
 
 
 def build_optimizer(cfg: PretrainConfig, module: torch.nn.Module) -> torch.optim.Optimizer:
@@ -124,7 +136,7 @@ def _split_state(module: torch.nn.Module) -> dict[str, dict]:
     return groups
 
 
-def _join_state(groups: dict[str, dict]) -> dict[str, torch.Tensor]:
+def join_state(groups: dict[str, dict]) -> dict[str, torch.Tensor]:
     out = {}
     for head, sd in groups.items():
         for k, v in sd.items():
@@ -150,12 +162,25 @@ def save_checkpoint_state(path: Path, module, optimizer, scheduler, step: int, s
     os.replace(tmp, path)
 
 
+def report_checkpoint(metrics: dict, rank: int, write) -> None:
+    """``ray.train.report`` on every rank (it is a barrier); rank 0 first has ``write(folder)`` fill a
+    temporary folder, which becomes the reported checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            write(Path(d))
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def load_checkpoint_state(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # -------------------------------------------------------------------------------------- the loop
-def _maybe_inject_fault(cfg: PretrainConfig, rank: int, step: int) -> None:
+def maybe_inject_fault(cfg: PretrainConfig, rank: int, step: int) -> None:
     fi = cfg.train.fault_injection
     if fi is None or rank != fi.rank or step != fi.step:
         return
@@ -173,7 +198,7 @@ def _maybe_inject_fault(cfg: PretrainConfig, rank: int, step: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _all_reduce_mean(values: list[float], device) -> list[float]:
+def all_reduce_mean(values: list[float], device) -> list[float]:
     import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -195,7 +220,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    _quiet_ray_data()
+    quiet_ray_data()
 
     # Same seed on every rank: identical initial weights (DDP also broadcasts them) and masks stream.
     torch.manual_seed(cfg.seed)
@@ -210,7 +235,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_checkpoint_state(Path(d) / CHECKPOINT_FILE)
-        module.load_state_dict(_join_state(state["model"]))
+        module.load_state_dict(join_state(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = first_step = int(state["step"])
@@ -251,7 +276,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     while step < cfg.train.max_steps:
         entry = schedule.at(step)
-        _maybe_inject_fault(cfg, rank, step)
+        maybe_inject_fault(cfg, rank, step)
         plan = plans[entry.dataset]
         t0 = time.perf_counter()
         raw = next(iters[entry.dataset])
@@ -260,7 +285,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         t_data = time.perf_counter() - t0
         if rank == 0 and cfg.train.preview and entry.dataset not in previewed and tracker.last_step < 0:
             previewed.add(entry.dataset)
-            _log_preview(tracker, x, plan, preview_figure)
+            log_preview(tracker, x, plan, preview_figure)
 
         model.train()
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -304,27 +329,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
             t_window = time.perf_counter()  # evaluation time is not training throughput
 
         if step % cfg.checkpoint.every == 0 or step == cfg.train.max_steps:
-            report = {"step": step, "loss": float(loss.detach())}
-            with tempfile.TemporaryDirectory() as d:
-                checkpoint = None
-                if rank == 0:
-                    save_checkpoint_state(Path(d) / CHECKPOINT_FILE, module, optimizer, scheduler, step,
-                                          schedule, consumed, run_id, cfg)
-                    checkpoint = ray.train.Checkpoint.from_directory(d)
-                # every rank reports (it is a barrier); only rank 0 carries the files
-                ray.train.report(report, checkpoint=checkpoint)
+            report_checkpoint({"step": step, "loss": float(loss.detach())}, rank, lambda d: save_checkpoint_state(
+                d / CHECKPOINT_FILE, module, optimizer, scheduler, step, schedule, consumed, run_id, cfg))
             t_window = time.perf_counter()
 
     if rank == 0:
         if cfg.mlflow.log_model and step > first_step:  # a finished run resubmitted logs nothing new
-            enc = student_encoder(module)
+            # The registered encoder is the EMA teacher (spec: fine-tuning starts from the teacher);
+            # the student stays in the checkpoint (group "encoder").
+            enc = teacher_encoder(module)
             tracker.log_encoder(enc.state_dict(), {"size": cfg.model.size, "sensors": list(enc.sensors),
-                                                   "kwargs": dict(cfg.model.kwargs)},
-                                cfg.mlflow.registered_model_name)
+                                                   "kwargs": dict(cfg.model.kwargs), "weights": "teacher",
+                                                   "step": step}, cfg.mlflow.registered_model_name)
         tracker.finish("FINISHED")
 
 
-def _log_preview(tracker, x, plan, preview_figure) -> None:
+def log_preview(tracker, x, plan, preview_figure) -> None:
     import matplotlib.pyplot as plt
 
     try:
@@ -363,7 +383,7 @@ def _window_metrics(win, world, elapsed, device) -> dict[str, float]:
     vals = [win["terms"][k] / win["n"] for k in keys]
     vals += [win["per_ds"][n]["loss"] / win["per_ds"][n]["n"] for n in names]
     vals += [win["data_time"] / max(win["time"], 1e-9)]
-    red = _all_reduce_mean(vals, device)
+    red = all_reduce_mean(vals, device)
     m: dict[str, float] = {f"train/{k}": v for k, v in zip(keys, red[:len(keys)])}
     for n, v in zip(names, red[len(keys):len(keys) + len(names)]):
         m[f"train/{n}/loss"] = v
@@ -414,7 +434,7 @@ def evaluate(cfg, plans, module, rank, world, device, use_bf16) -> dict[str, flo
     torch.set_rng_state(gen_state)
     module.train()
     keys = sorted(sums)
-    red = _all_reduce_mean([sums[k][0] / max(sums[k][1], 1) for k in keys], device)
+    red = all_reduce_mean([sums[k][0] / max(sums[k][1], 1) for k in keys], device)
     m = dict(zip(keys, red))
     for term in {k.rsplit("/", 1)[1] for k in keys}:
         vals = [v for k, v in m.items() if k.endswith("/" + term)]
@@ -436,7 +456,7 @@ def _val_batches(cfg, plan, world) -> tuple[int, int]:
     return (min(cfg.data.val_batches, least // bs), bs)
 
 
-def _quiet_ray_data() -> None:
+def quiet_ray_data() -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -470,6 +490,39 @@ def storage_filesystem(cfg: PretrainConfig):
     return cfg.storage_path[len("s3://"):], pafs.S3FileSystem(**kw)
 
 
+def drive(cfg, params: dict[str, Any], run, what: str) -> int:
+    """The entrypoints' driver part: connect to Ray, find whether ``storage_path/name`` resumes, open
+    (or reopen) the MLflow run with ``params``, ``run(run_id)`` (-> Ray Train ``Result``), and mark the
+    MLflow run FAILED when training failed. Returns the process exit code."""
+    import sys
+
+    import ray
+    from ray.train import TrainingFailedError
+
+    from ray_jobs.tracking import Tracker, open_run
+
+    if not ray.is_initialized():
+        # RAY_ADDRESS (set by `ray job submit`) or a running local cluster is used; else a local one
+        ray.init(log_to_driver=True)
+    resume = has_checkpoints(cfg)
+    if resume:
+        print(f"resuming {cfg.storage_path}/{cfg.name} from its latest checkpoint")
+    run_id = open_run(cfg, params, resume=resume) if cfg.mlflow.enabled else None
+    try:
+        result = run(run_id)
+        error = result.error
+    except TrainingFailedError as e:  # Ray Train raises once train.max_failures restarts are used up
+        error = e
+    if error:
+        if run_id:  # the run must not stay RUNNING forever
+            Tracker(cfg.mlflow.tracking_uri, run_id).finish("FAILED")
+        print(f"{what} failed: {error}", file=sys.stderr)
+        return 1
+    print(f"done: checkpoint {result.checkpoint.path if result.checkpoint else None}; MLflow run {run_id} "
+          f"at {cfg.mlflow.tracking_uri}")
+    return 0
+
+
 def has_checkpoints(cfg: PretrainConfig) -> bool:
     """Whether ``storage_path/name`` holds a Ray Train run to resume (its checkpoint list)."""
     import fsspec
@@ -484,14 +537,22 @@ def has_checkpoints(cfg: PretrainConfig) -> bool:
 
 
 def fit(cfg: PretrainConfig, plans: dict[str, dict], run_id: str | None):
-    """Build and run the TorchTrainer; returns the Ray Train ``Result``."""
+    """Run the JEPA pretraining loop on a TorchTrainer; returns the Ray Train ``Result``."""
+    return run_trainer(cfg, train_loop_per_worker,
+                       {"config": cfg.model_dump(mode="json"), "plans": plans, "run_id": run_id})
+
+
+def run_trainer(cfg, loop, loop_config: dict):
+    """Build and run a ``TorchTrainer`` for ``loop(loop_config)`` with the service's settings (workers,
+    GPU/gloo, storage + filesystem, checkpoints kept, failure restarts, worker env), for any
+    :class:`ray_jobs.config.TrainConfig` (pretraining, fine-tuning)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     path, fs = storage_filesystem(cfg)
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "plans": plans, "run_id": run_id},
+        loop,
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker,
@@ -500,12 +561,12 @@ def fit(cfg: PretrainConfig, plans: dict[str, dict], run_id: str | None):
             name=cfg.name, storage_path=path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            worker_runtime_env={"env_vars": _worker_env()}),
+            worker_runtime_env={"env_vars": worker_env()}),
     )
     return trainer.fit()
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     # Workers log to MLflow and write to S3: forward the few settings they need (never logged).
     keep = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
             "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",

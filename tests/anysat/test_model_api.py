@@ -251,6 +251,7 @@ def test_missing_projector():
 def test_new_sensor_from_registry():
     hls = Sensor("hls", 30, ("B02", "B03", "B04", "B8A", "B11", "B12"), True, "ltae", subpatch_m=30,
                  reduce_scale=3, t0=366)
+    previous = SENSORS.pop("hls", None)  # pipelines.datasets may have registered the real one
     register_sensor(hls)
     try:
         torch.manual_seed(0)
@@ -265,6 +266,8 @@ def test_new_sensor_from_registry():
         assert sorted(AnySat.from_official(model.state_dict()).sensors) == ["hls", "s2"]
     finally:
         SENSORS.pop("hls", None)
+        if previous is not None:
+            SENSORS["hls"] = previous
 
 
 # ---------------------------------------------------------------- pretraining entry points

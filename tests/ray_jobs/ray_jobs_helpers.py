@@ -11,6 +11,7 @@ TINY = REPO / "configs/pretrain/geoplex-tiny.yaml"
 # TreeSatAI-TS (aerial 0.2 m + s2 + s1-asc; 10/20 m patches).
 SAMPLE_TILES = {"planted": 48, "treesatai-ts": 16}
 BATCH = {"planted": 4, "treesatai-ts": 2}
+PASTIS_TILES = 7  # folds 1,2,3,4,5,1,2 (pipelines/samplegen/pastis.py)
 
 
 def tiny_overrides(**extra) -> list[str]:

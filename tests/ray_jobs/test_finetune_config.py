@@ -84,9 +84,9 @@ def test_overrides_and_errors():
 
 def test_label_crop_follows_image_crop():
     """Dense labels are cropped at the offsets the parent reader used for the image (train: random)."""
-    from ray_jobs.finetune import LabeledReadRange
+    from ray_jobs.data import ReadRange
 
-    rr = LabeledReadRange({"name": "flair", "crop": {}, "sensors": {}}, "train", True, 0, "semantic")
+    rr = ReadRange({"name": "flair", "crop": {}, "sensors": {}}, "train", True, 0, label="semantic")
     img = np.arange(2 * 1 * 1 * 8 * 8).reshape(2, 1, 1, 8, 8)
     cropped, _ = rr._crop(img, None, 5, np.array([3, 9]), "aerial-flair", 0)
     # the label holds the same numbers as the image's only band: its crop must equal the image crop

@@ -15,7 +15,9 @@ from mlflow import MlflowClient
 
 from ray_jobs import pretrain
 from ray_jobs.train import CHECKPOINT_FILE, load_checkpoint_state
-from ray_jobs_helpers import TINY, both_datasets_seed, tiny_overrides
+from ray_jobs_helpers import REPO, TINY, both_datasets_seed, tiny_overrides
+
+FT_TINY = REPO / "configs/finetune/planted-cls-ft-tiny.yaml"
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +100,23 @@ def test_ddp_fit_s3_stores_s3_checkpoints_mlflow(ray_session, s3_server, s3_stor
     enc, teacher = state["model"]["encoder"], state["model"]["teacher"]
     k = next(k for k in enc if k.startswith("spatial_encoder") and enc[k].dtype.is_floating_point)
     assert not torch.equal(enc[k], teacher[f"module.{k}"])
+
+    # the registered encoder is the EMA teacher of the final step (not the student), and a fine-tuning
+    # config with encoder.source=mlflow loads it by default (encoder.weights = teacher)
+    sd = torch.load(client.download_artifacts(run.info.run_id, "encoder/encoder_state_dict.pt", str(tmp_path)),
+                    weights_only=True)
+    assert set(sd) == {t[len("module."):] for t in teacher}
+    assert all(torch.equal(sd[t], teacher[f"module.{t}"]) for t in sd) and not torch.equal(sd[k], enc[k])
+    from ray_jobs.config import load_config
+    from ray_jobs.finetune import load_encoder
+    from ray_jobs.finetune_config import FinetuneConfig
+
+    ft = load_config(FT_TINY, ["encoder.source=mlflow", "encoder.uri=models:/anysat-e2e/1",
+                               f"mlflow.tracking_uri={uri}"], cls=FinetuneConfig)
+    loaded = load_encoder(ft, ["s2"]).state_dict()
+    assert loaded and all(torch.equal(v, teacher[f"module.{t}"]) for t, v in loaded.items())
+    with pytest.raises(ValueError, match="holds the teacher encoder, not the student"):
+        load_encoder(ft.model_copy(update={"encoder": ft.encoder.model_copy(update={"weights": "student"})}), ["s2"])
 
 
 def test_fault_injection_resumes_then_resubmit_resumes(ray_session, sample_stores, tmp_path, no_mlflow_env):

@@ -11,8 +11,7 @@ from pipelines.sources.base import Source, TileError
 
 
 def is_local(source: Source) -> bool:
-    protocols = source.fs.protocol
-    return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
+    return source._local()
 
 
 def read_bytes(source: Source, rel: str) -> bytes:

@@ -97,6 +97,27 @@ class Source(ABC):
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self.path(*parts))
 
+    def _local(self) -> bool:
+        protocols = self.fs.protocol
+        return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
+
+    def _raster(self, rel: str, read: bool):
+        """(data or None, (count, H, W), dtype) of a GeoTIFF; ``read=False`` touches only the header.
+
+        Local files are opened in place (GDAL reads just the header); remote ones are fetched once
+        into a MemoryFile, since GDAL cannot read through an fsspec file object."""
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        try:
+            if self._local():
+                with rasterio.open(self.path(rel)) as ds:
+                    return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
+            with self.open(rel) as f, rasterio.MemoryFile(f.read()) as mem, mem.open() as ds:
+                return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
+        except (RasterioIOError, OSError, ValueError) as e:
+            raise TileError(self.path(rel), f"unreadable GeoTIFF: {e}") from e
+
     # -- the two things a source does ----------------------------------------------------------
     @abstractmethod
     def list_tiles(self) -> list[TileRef]:

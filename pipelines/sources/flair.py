@@ -90,10 +90,6 @@ class Flair(Source):
         return refs
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _local(self) -> bool:
-        protocols = self.fs.protocol
-        return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
-
     def _table(self, rel: str) -> dict:
         if rel not in self._json:
             if not self.exists(rel):
@@ -102,18 +98,6 @@ class Flair(Source):
                 self._json[rel] = json.load(f)
         return self._json[rel]
 
-    def _raster(self, rel: str, read: bool):
-        import rasterio
-        from rasterio.errors import RasterioIOError
-
-        try:
-            if self._local():
-                with rasterio.open(self.path(rel)) as ds:
-                    return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-            with self.open(rel) as f, rasterio.MemoryFile(f.read()) as mem, mem.open() as ds:
-                return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-        except (RasterioIOError, OSError, ValueError) as e:
-            raise TileError(self.path(rel), f"unreadable GeoTIFF: {e}") from e
 
     def _rels(self, ref: TileRef) -> tuple[str, str, str]:
         aerial, labels, sen = TREES[ref.info["tree"]]

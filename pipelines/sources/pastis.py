@@ -87,10 +87,6 @@ class PastisHD(Source):
         return refs
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _local(self) -> bool:
-        protocols = self.fs.protocol
-        return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
-
     def _npy(self, rel: str, header_only: bool = False):
         """The array, or with ``header_only`` its (shape, dtype) from the ``.npy`` header alone."""
         where = self.path(rel)

@@ -161,22 +161,6 @@ class S2NaipUrban(Source):
         return days
 
     # -- files -----------------------------------------------------------------------------------
-    def _local(self) -> bool:
-        protocols = self.fs.protocol
-        return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
-
-    def _raster(self, rel: str, read: bool):
-        import rasterio
-        from rasterio.errors import RasterioIOError
-
-        try:
-            if self._local():
-                with rasterio.open(self.path(rel)) as ds:
-                    return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-            with self.open(rel) as f, rasterio.MemoryFile(f.read()) as mem, mem.open() as ds:
-                return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-        except (RasterioIOError, OSError, ValueError) as e:
-            raise TileError(self.path(rel), f"unreadable GeoTIFF: {e}") from e
 
     def _naip(self, tile: str, read: bool):
         from PIL import Image, UnidentifiedImageError

@@ -125,23 +125,6 @@ class TreeSatAITS(Source):
                 self._labels = json.load(f)
         return self._labels
 
-    def _local(self) -> bool:
-        protocols = self.fs.protocol
-        return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
-
-    def _raster(self, rel: str, read: bool):
-        """(data or None, (count, H, W), dtype) of a GeoTIFF; ``read=False`` touches only the header."""
-        import rasterio
-        from rasterio.errors import RasterioIOError
-
-        try:
-            if self._local():
-                with rasterio.open(self.path(rel)) as ds:
-                    return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-            with self.open(rel) as f, rasterio.MemoryFile(f.read()) as mem, mem.open() as ds:
-                return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-        except (RasterioIOError, OSError, ValueError) as e:
-            raise TileError(self.path(rel), f"unreadable GeoTIFF: {e}") from e
 
     def _aerial(self, rel: str, read: bool = True):
         data, shape, dtype = self._raster(rel, read)

@@ -14,6 +14,8 @@ name (``data.datasets.planted.batch_size=4``).
 
 from __future__ import annotations
 
+import logging
+
 import difflib
 import os
 from pathlib import Path
@@ -407,3 +409,18 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix[:-1]] = obj
     return out
+
+
+def entrypoint_parser(prog: str, doc: str | None, config_help: str) -> "argparse.ArgumentParser":
+    """The command line every ray_jobs entrypoint shares: ``--config`` and repeatable ``--set``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
+    p.add_argument("--config", required=True, help=config_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key; the value is parsed as YAML (repeatable)")
+    return p
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

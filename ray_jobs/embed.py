@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ray_jobs.config import entrypoint_parser, setup_logging
+
 __all__ = ["main", "Predictor", "run_embed"]
 
 log = logging.getLogger(__name__)
@@ -218,9 +220,7 @@ def _write_shard(root, layout, s: int, rows, ids, splits, output: str, label: st
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.embed", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="fine-tuning config (data, encoder, task, storage)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = entrypoint_parser("python -m ray_jobs.embed", __doc__, "fine-tuning config (data, encoder, task, storage)")
     p.add_argument("--out", required=True,
                    help="output folder / s3:// prefix (writes <out>/<dataset>.zarr) or a .zarr URL")
     p.add_argument("--output", choices=OUTPUTS, default="tile")
@@ -236,7 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     args = parse_args(argv)
     from ray_jobs.config import ConfigError
     from ray_jobs.data import has_split, store_splits

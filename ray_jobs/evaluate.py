@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ray_jobs.config import entrypoint_parser, setup_logging
+
 __all__ = ["main", "log_evaluation", "confusion_figure", "per_class_figure", "prediction_grid", "per_class_table"]
 
 log = logging.getLogger(__name__)
@@ -177,9 +179,7 @@ def log_evaluation(tracker, task, split: str, stats: torch.Tensor, per_class: di
 
 # ------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="the fine-tuning config (configs/finetune/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p = entrypoint_parser("python -m ray_jobs.evaluate", __doc__, "the fine-tuning config (configs/finetune/*.yaml)")
     p.add_argument("--checkpoint", default=None,
                    help="run folder, checkpoint folder or state.pt (default: <storage_path>/<name>)")
     p.add_argument("--split", default=None, help="split to evaluate (default: eval.test_split)")
@@ -190,7 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     args = parse_args(argv)
     from ray_jobs.config import ConfigError
     from ray_jobs.data import has_split

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ray_jobs.config import ConfigError, check_stores, load_config, resolve_paths
+from ray_jobs.config import (ConfigError, check_stores, entrypoint_parser, load_config, resolve_paths,
+                             setup_logging)
 from ray_jobs.data import ReadRange, StoreStream, has_split, store_splits
 from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask, resolve_task
 
@@ -535,16 +536,13 @@ def _split_desc(plan: dict, split) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.finetune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML config (configs/finetune/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted config key; the value is parsed as YAML (repeatable)")
+    p = entrypoint_parser("python -m ray_jobs.finetune", __doc__, "YAML config (configs/finetune/*.yaml)")
     p.add_argument("--dry-run", action="store_true", help="validate config and store, print the plan, exit")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         cfg, plan, task, splits = prepare(args.config, args.overrides)

@@ -17,24 +17,21 @@ its latest checkpoint into the same MLflow run.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
-from ray_jobs.config import ConfigError, PretrainConfig, check_stores, load_config, resolve_paths
+from ray_jobs.config import (ConfigError, PretrainConfig, check_stores, entrypoint_parser, load_config,
+                             resolve_paths, setup_logging)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.pretrain", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="YAML config (configs/pretrain/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted config key; the value is parsed as YAML (repeatable)")
+    p = entrypoint_parser("python -m ray_jobs.pretrain", __doc__, "YAML config (configs/pretrain/*.yaml)")
     p.add_argument("--dry-run", action="store_true", help="validate config and stores, print the plan, exit")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         cfg = resolve_paths(load_config(args.config, args.overrides, cls=PretrainConfig))

@@ -21,7 +21,6 @@ pd = pytest.importorskip("pandas")
 torch = pytest.importorskip("torch")
 
 from anysat.sensors import get_sensor  # noqa: E402
-from pipelines.datasets import get_dataset  # noqa: E402
 from pipelines.samplegen import bradd as gen_bradd  # noqa: E402
 from pipelines.samplegen import hls_burn_scars as gen_hls  # noqa: E402
 from pipelines.samplegen import sen1floods11 as gen_floods  # noqa: E402
@@ -29,6 +28,7 @@ from pipelines.samplegen import sickle as gen_sickle  # noqa: E402
 from pipelines.samplegen import so2sat as gen_so2sat  # noqa: E402
 from pipelines.samplegen import timesen2crop as gen_ts2c  # noqa: E402
 from pipelines.sources.base import TileError  # noqa: E402
+from source_checks import assert_probe_matches, check_contract, truncate  # noqa: E402
 from pipelines.sources.bradd import BraDDS1TS  # noqa: E402
 from pipelines.sources.hls_burn_scars import HLSBurnScars  # noqa: E402
 from pipelines.sources.sen1floods11 import Sen1Floods11  # noqa: E402
@@ -50,41 +50,6 @@ def day(d) -> int:
 def tif(path: str):
     with rasterio.open(path) as ds:
         return ds.read(), ds.nodata, ds.descriptions
-
-
-def truncate(path: str, keep: float = 0.4) -> None:
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.truncate(int(size * keep))
-
-
-def assert_probe_matches(source, ref, tile) -> None:
-    probe = source.probe(ref)
-    assert set(probe.sensors) == set(tile.sensors)
-    for key, arr in tile.sensors.items():
-        p = probe.sensors[key]
-        assert p.shape == arr.data.shape and np.dtype(p.dtype) == arr.data.dtype, key
-        assert p.dates == arr.dates.shape[0], key
-        assert p.mask_channels == (None if arr.mask is None else arr.mask.shape[1]), key
-    assert set(probe.labels) == set(tile.labels)
-    for name, v in tile.labels.items():
-        v = np.asarray(v)
-        assert tuple(probe.labels[name][0]) == v.shape and np.dtype(probe.labels[name][1]) == v.dtype, name
-
-
-def check_contract(dataset: str, tile) -> None:
-    """Registry bands, (T, C, H, W), int32 dates of length T, bool masks, every declared label present."""
-    spec = get_dataset(dataset)
-    assert set(tile.sensors) <= set(spec.sensors)
-    for key, arr in tile.sensors.items():
-        s = get_sensor(key)
-        assert arr.data.ndim == 4 and arr.data.shape[1] in (len(s.bands), len(s.raw_bands)), key
-        assert arr.dates.dtype == np.int32 and arr.dates.shape == (arr.data.shape[0],)
-        if arr.mask is not None:
-            assert arr.mask.dtype == bool and arr.mask.shape[1] in (1, arr.data.shape[1])
-            assert arr.mask.shape[0] == arr.data.shape[0] and arr.mask.shape[2:] == arr.data.shape[2:]
-    for lab in spec.labels:
-        assert lab.name in tile.labels, lab.name
 
 
 def reasons_for(src, refs, ids) -> dict[str, str]:

@@ -24,6 +24,7 @@ from pipelines.samplegen import pastis as gen_pastis  # noqa: E402
 from pipelines.samplegen import s2naip as gen_s2naip  # noqa: E402
 from pipelines.samplegen import treesatai as gen_treesat  # noqa: E402
 from pipelines.sources.base import TileError  # noqa: E402
+from source_checks import assert_probe_matches, check_contract, truncate  # noqa: E402
 from pipelines.sources.flair import Flair  # noqa: E402
 from pipelines.sources.pastis import PastisHD  # noqa: E402
 from pipelines.sources.s2naip import S2NaipUrban  # noqa: E402
@@ -41,27 +42,6 @@ def tif(path: str) -> np.ndarray:
         return ds.read()
 
 
-def truncate(path: str, keep: float = 0.4) -> None:
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.truncate(int(size * keep))
-
-
-def assert_probe_matches(source, ref, tile) -> None:
-    """The cheap probe must announce exactly what the full read returns (the ingest sizes the store by it)."""
-    probe = source.probe(ref)
-    assert set(probe.sensors) == set(tile.sensors)
-    for key, arr in tile.sensors.items():
-        p = probe.sensors[key]
-        assert p.shape == arr.data.shape, key
-        assert np.dtype(p.dtype) == arr.data.dtype, key
-        assert p.dates == arr.dates.shape[0], key
-        assert p.mask_channels == (None if arr.mask is None else arr.mask.shape[1]), key
-    assert set(probe.labels) == set(tile.labels)
-    for name, v in tile.labels.items():
-        assert tuple(probe.labels[name][0]) == v.shape and np.dtype(probe.labels[name][1]) == v.dtype, name
-
-
 def assert_tiles_equal(a, b, dates: tuple[str, ...] | None = None) -> None:
     assert a.id == b.id and set(a.sensors) == set(b.sensors)
     for key in a.sensors:
@@ -77,23 +57,6 @@ def assert_tiles_equal(a, b, dates: tuple[str, ...] | None = None) -> None:
         np.testing.assert_array_equal(a.labels[name], b.labels[name])
 
 
-def check_registry_bands(dataset: str, tile) -> None:
-    spec = get_dataset(dataset)
-    assert set(tile.sensors) <= set(spec.sensors)
-    for key, arr in tile.sensors.items():
-        s = get_sensor(key)
-        assert arr.data.ndim == 4 and arr.data.shape[1] in (len(s.bands), len(s.raw_bands)), key
-        assert arr.dates.dtype == np.int32 and arr.dates.shape == (arr.data.shape[0],)
-        if arr.mask is not None:
-            assert arr.mask.dtype == bool and arr.mask.shape[1] in (1, arr.data.shape[1])
-            assert arr.mask.shape[0] == arr.data.shape[0] and arr.mask.shape[2:] == arr.data.shape[2:]
-    for lab in spec.labels:
-        assert lab.name in tile.labels, lab.name
-
-
-# ---------------------------------------------------------------------------------------------------
-# TreeSatAI-TS
-# ---------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def treesat(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("treesat") / "TreeSatAI-TS")
@@ -137,7 +100,7 @@ def test_treesat_tiles_match_raw_files(treesat):
     seen_nan = seen_10ch = False
     for ref in src.list_tiles():
         tile = src.read_tile(ref)
-        check_registry_bands("treesatai-ts", tile)
+        check_contract("treesatai-ts", tile)
         exp = _treesat_expected(treesat, ref.id)
         for key in ("aerial", "s2", "s1-asc", "s1-des"):
             data, dates, mask = exp[key]
@@ -259,7 +222,7 @@ def test_pastis_tiles_match_raw_files(pastis):
     saw_fill = False
     for ref in src.list_tiles():
         tile = src.read_tile(ref)
-        check_registry_bands("pastis-hd", tile)
+        check_contract("pastis-hd", tile)
         p = props[ref.id]
         s2 = np.load(f"{pastis}/DATA_S2/S2_{ref.id}.npy")
         s1a = np.load(f"{pastis}/DATA_S1A/S1A_{ref.id}.npy")
@@ -372,7 +335,7 @@ def test_flair_tiles_match_raw_files(flair):
     saw_high = saw_edge = saw_cloud = False
     for ref in src.list_tiles():
         tile = src.read_tile(ref)
-        check_registry_bands("flair", tile)
+        check_contract("flair", tile)
         tree, d, z, _ = files[ref.id]
         num = ref.id[4:]
         sen_tree = tree.replace("aerial", "sen")
@@ -492,7 +455,7 @@ def test_s2naip_tiles_match_raw_files(s2naip):
             dicts[t] = {k: d[k][i] for k in ("s2_dates", "s1_dates", "l8_dates")}
     for ref in src.list_tiles():
         tile = src.read_tile(ref)
-        check_registry_bands("s2naip-urban", tile)
+        check_contract("s2naip-urban", tile)
         t = ref.id
         a = tif(f"{s2naip}/sentinel2/{t}_8.tif")
         b = tif(f"{s2naip}/sentinel2/{t}_16.tif")

@@ -1,7 +1,8 @@
 """anysat-ray: AnySat in pure torch plus the Ray / Zarr / MLflow tooling around it.
 
-``from anysat import AnySat`` imports torch lazily, so ``import anysat`` stays cheap for tools that
-only need the sensor registry or the pipelines.
+``from anysat import AnySat`` loads the model (and torch) on first use, not on ``import anysat``:
+the ingest imports ``anysat.sensors``, which runs this file, in every Ray Data worker, and those
+workers never need torch (0.8 s and about 180 MB each).
 """
 
 __all__ = ["AnySat"]

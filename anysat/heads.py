@@ -1,4 +1,4 @@
-"""Task heads for fine-tuning and linear probing (spec §4.2).
+"""Task heads for fine-tuning and linear probing, as the official fine-tuning networks build them.
 
 * :class:`TileClassifier` — ``LayerNorm(D) → Linear(D, K)`` on the tile token (classification,
   multi-label or multi-class; the loss decides).

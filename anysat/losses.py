@@ -1,4 +1,4 @@
-"""Downstream losses (spec §4.3), by the names the fine-tuning configs use.
+"""Downstream losses, by the names the fine-tuning configs use.
 
 =================  ==================================================================================
 ``bce``            ``BCEWithLogits`` (mean) on multi-hot targets (TreeSatAI, PASTIS classification).

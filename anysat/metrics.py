@@ -1,4 +1,4 @@
-"""Downstream metrics (spec §4.4), standard definitions plus the paper-comparable variants.
+"""Downstream metrics, standard definitions plus the paper-comparable variants.
 
 Everything is computed from *sufficient statistics* accumulated with torchmetrics — a confusion
 matrix (multi-class tiles, segmentation pixels) or per-label stat scores (multi-label tiles) — so the
@@ -46,6 +46,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelStatScores
 
 __all__ = [
     "TaskMetrics", "multiclass_scores", "multilabel_scores", "segmentation_scores", "per_class_from_confusion",
@@ -185,8 +186,6 @@ class TaskMetrics(torch.nn.Module):
     def __init__(self, kind: Kind, num_classes: int, ignore_index: int | None = None,
                  conventions: tuple[str, ...] | list[str] = ()):
         super().__init__()
-        from torchmetrics.classification import MulticlassConfusionMatrix, MultilabelStatScores
-
         if kind not in ("multilabel", "multiclass", "segmentation"):
             raise ValueError(f"unknown task kind {kind!r}")
         self.kind, self.num_classes = kind, int(num_classes)

@@ -41,7 +41,7 @@ class Sensor:
     time_series: bool
     projector: Literal["vhr", "ltae"]
     subpatch_m: float
-    """Side of one sub-patch token in metres (delta_m of the spec): 2 m aerial, 10 m S2, 30 m ALOS..."""
+    """Side of one sub-patch token in metres: 2 m aerial, 10 m S2, 30 m ALOS..."""
     kernel: int = 1
     """VHR only: conv kernel = pixels per sub-patch side."""
     reduce_scale: int = 1
@@ -67,7 +67,7 @@ class Sensor:
         return tuple(b for b in self.bands if b not in names)
 
     def subpatches_per_side(self, patch_m: float) -> int:
-        """g_m of the spec: sub-patch tokens per patch side at patch size ``patch_m`` metres."""
+        """Sub-patch tokens per patch side at patch size ``patch_m`` metres (one for a context sensor)."""
         if self.context:
             return 1
         return max(1, int(patch_m // self.subpatch_m))
@@ -129,3 +129,31 @@ for _s in (
     register_sensor(_s)
 
 OFFICIAL_SENSORS: tuple[str, ...] = tuple(SENSORS)
+"""The sensors the released weights have projectors for (the rest get a new, trained projector)."""
+
+# Sensors of the archives this project reads, beyond the released model's. The model builds a fresh
+# projector for any of them by key; "store-only" ones are kept so an archive is stored losslessly but
+# no released model consumes them. They live here, not next to the readers, so that a process which
+# only loads a model (a Ray worker, an embedding actor, an MLflow pyfunc) knows them too.
+for _s in (
+    # TreeSatAI-TS and PASTIS-HD also ship the descending Sentinel-1 orbit (store-only).
+    Sensor("s1-des", 10, ("VV", "VH"), True, "ltae", subpatch_m=10),
+    # HLS Burn Scars: the 6 HLS bands at 30 m. AnySat trains a new LTAE projector for it, with the
+    # temporal period base 366 of the paper's HLS setting.
+    Sensor("hls", 30, ("B02", "B03", "B04", "B8A", "B11", "B12"), True, "ltae", subpatch_m=30, reduce_scale=3,
+           t0=366),
+    # Landsat-8 Collection-2 L2 as SICKLE ships it (surface reflectance + surface temperature). SICKLE's
+    # loaders nearest-resize every band to the 32 x 32 10 m label grid, so the stored grid is 10 m.
+    Sensor("l8-sr", 10, ("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "ST_B10"), True, "ltae",
+           subpatch_m=10, t0=366, dropout=0.0),
+    # Store-only: the S2 bands the model's 10-band ``s2`` leaves out (60 m aerosol / water vapour /
+    # cirrus), kept so L1C/L2A archives that ship them (Sen1Floods11: 13 bands, SICKLE: B1, B9) stay lossless.
+    Sensor("s2-aux", 10, ("B1", "B9", "B10"), True, "ltae", subpatch_m=10),
+    # Store-only: TimeSen2Crop's per-date quality flag (0 clear, 1 cloud, 2 shadow, 3 snow).
+    Sensor("s2-flag", 10, ("Flag",), True, "ltae", subpatch_m=10),
+    # Store-only: So2Sat LCZ42 ``sen1`` as in the file (complex SLC parts, Lee-filtered intensities and
+    # covariance); the model's ``s1`` gets channels [2, 0] (real parts of VV and VH), as AnySat does.
+    Sensor("s1-so2sat", 10, ("VH_re", "VH_im", "VV_re", "VV_im", "VH_lee", "VV_lee", "C12_re", "C12_im"), True,
+           "ltae", subpatch_m=10),
+):
+    register_sensor(_s)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -28,26 +29,27 @@ import threading
 import time
 
 import numpy as np
+import psutil
+import ray
+import ray.data
+import zarr
+from numcodecs import Blosc, Zstd
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+from pipelines.ingest import run_ingest  # noqa: E402
+from pipelines.samplegen import generator_available, get_generator  # noqa: E402
+from pipelines.store import StoreReader, encode_shard, shard_spec, zarr_store  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------
 # child: one ingest
 # ------------------------------------------------------------------------------------------------
 def child(cfg: dict) -> None:
-    from pipelines.ingest import run_ingest
-
     if cfg["executor"] == "ray":
-        import logging
-
-        import ray
-
         ray.init(num_cpus=cfg["num_cpus"], include_dashboard=False, logging_level=logging.WARNING)
-        import ray.data
-
         # start the worker processes before the clock runs (a job pays this once, not per ingest)
         ray.data.range(8, override_num_blocks=cfg["num_cpus"]).map(lambda r: r, num_cpus=1).take_all()
     t0 = time.perf_counter()
@@ -60,8 +62,6 @@ def child(cfg: dict) -> None:
 
 
 def run_child(cfg: dict, env_extra: dict | None = None) -> dict:
-    import psutil
-
     env = dict(os.environ, **(env_extra or {}))
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(cfg)], env=env, cwd=ROOT,
@@ -109,8 +109,6 @@ def dir_bytes(path: str) -> int:
 
 
 def ensure_sample(dataset: str, path: str, tiles: int) -> float:
-    from pipelines.samplegen import get_generator
-
     stamp = os.path.join(path, ".bench-complete")
     if os.path.exists(stamp) and open(stamp).read() == str(tiles):
         return 0.0
@@ -124,10 +122,6 @@ def ensure_sample(dataset: str, path: str, tiles: int) -> float:
 
 def codec_limit(url: str) -> dict:
     """One core encoding every sharded array of the store, shard by shard, with the store's codec."""
-    import zarr
-
-    from pipelines.store import StoreReader, encode_shard, shard_spec, zarr_store
-
     r = StoreReader(url)
     root = zarr.open_group(zarr_store(url, read_only=True), mode="r")
     full = r.read(0, len(r))
@@ -148,10 +142,6 @@ def codec_limit(url: str) -> dict:
 
 
 def compare_compressors(url: str) -> list[dict]:
-    from numcodecs import Blosc, Zstd
-
-    from pipelines.store import StoreReader
-
     r = StoreReader(url)
     x = r.read(0, min(len(r), 1024), ["s2"], labels=False, tiles=False)["s2/data"]
     tiles = [np.ascontiguousarray(t) for t in x]
@@ -180,8 +170,8 @@ def summarize(name: str, res: dict, raw_bytes: int) -> dict:
             "raw_mb_per_s": raw_bytes / 1e6 / s}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "ingest.json"))
     ap.add_argument("--work", default=os.path.join(ROOT, "data", "bench"))
     ap.add_argument("--tiles", type=int, default=2000)
@@ -189,12 +179,10 @@ def main() -> int:
     ap.add_argument("--num-cpus", type=int, default=2)
     ap.add_argument("--skip-before", action="store_true", help="skip the zarr-writer (before) runs")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.child:
         child(json.loads(args.child))
         return 0
-
-    from pipelines.samplegen import generator_available
 
     os.makedirs(args.work, exist_ok=True)
     n = args.num_cpus

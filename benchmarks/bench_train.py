@@ -25,21 +25,30 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
+import torch
+from mlflow import MlflowClient
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+sys.path.insert(0, str(REPO))  # runnable from a checkout that is not installed
+
+from pipelines.ingest import run_ingest  # noqa: E402
+from pipelines.samplegen import get_generator  # noqa: E402
+from pipelines.store import check_format, store_url  # noqa: E402
+from ray_jobs import pretrain  # noqa: E402
+from ray_jobs.config import PretrainConfig, load_config, resolve_paths  # noqa: E402
+from ray_jobs.data import StoreStream, collate, quiet_ray_data  # noqa: E402
+from ray_jobs.plan import DataPlan, resolve_plans  # noqa: E402
+from ray_jobs.runtime import build_optimizer  # noqa: E402
 
 TINY_CFG = REPO / "configs/pretrain/geoplex-tiny.yaml"
 DATASETS = ("planted", "treesatai-ts")
 
 
 def ensure_stores(stores: Path) -> Path:
-    missing = [d for d in DATASETS if not (stores / f"{d}.zarr" / "zarr.json").exists()]
+    missing = [d for d in DATASETS if not check_format(store_url(str(stores), d))]
     if not missing:
         return stores
-    from pipelines.ingest import run_ingest
-    from pipelines.samplegen import get_generator
-
     raw = Path(tempfile.mkdtemp(prefix="bench-raw-"))
     for d in missing:
         get_generator(d)(str(raw / d), tiles=48 if d == "planted" else 16, seed=0)
@@ -47,21 +56,16 @@ def ensure_stores(stores: Path) -> Path:
     return stores
 
 
-def load_plans(stores: Path, batch: dict[str, int]):
-    from ray_jobs.config import load_config, resolve_paths
-    from ray_jobs.data import resolve_plans
-
+def load_plans(stores: Path, batch: dict[str, int]) -> tuple[PretrainConfig, dict[str, DataPlan]]:
     sets = [f"data.root={stores}"] + [f"data.datasets.{k}.batch_size={v}" for k, v in batch.items()]
     cfg = resolve_paths(load_config(TINY_CFG, sets + ["num_workers=1"]))
     return cfg, resolve_plans(cfg)
 
 
-def bench_loader(plans, n_batches: int) -> dict:
-    from ray_jobs.data import StoreStream, collate
-
+def bench_loader(plans: dict[str, DataPlan], n_batches: int) -> dict:
     out = {}
     for name, plan in plans.items():
-        st = StoreStream(plan, plan["split"], train=True, rank=0, world=1, seed=0)
+        st = StoreStream(plan, plan.split, train=True, rank=0, world=1, seed=0)
         it = st.batches(0)
         collate(next(it), plan)  # warm-up: executor start, first reads
         t0 = time.perf_counter()
@@ -71,29 +75,24 @@ def bench_loader(plans, n_batches: int) -> dict:
             collate(raw, plan)
             tiles += len(raw["tile"])
         dt = time.perf_counter() - t0
-        out[name] = {"batch_size": plan["batch_size"], "batches": n_batches,
+        out[name] = {"batch_size": plan.batch_size, "batches": n_batches,
                      "samples_per_s": tiles / dt, "seconds": dt}
         print(f"loader {name}: {tiles / dt:.1f} samples/s", flush=True)
     return out
 
 
-def bench_model(cfg, plans, size: str, steps: int) -> dict:
-    import torch
-
-    from ray_jobs.data import StoreStream, collate
-    from ray_jobs.train import build_module, build_optimizer
-
+def bench_model(cfg: PretrainConfig, plans: dict[str, DataPlan], size: str, steps: int) -> dict:
     cfg = cfg.model_copy(deep=True)
     cfg.model.size = size
     torch.manual_seed(0)
-    module = build_module(cfg, plans)
-    opt = build_optimizer(cfg, module)
+    module = pretrain.build_module(cfg, plans)
+    opt = build_optimizer(cfg.optim, module.student_parameters())
     out = {}
     for name, plan in plans.items():
-        raw = next(StoreStream(plan, plan["split"], train=True, rank=0, world=1, seed=0).batches(0))
+        raw = next(StoreStream(plan, plan.split, train=True, rank=0, world=1, seed=0).batches(0))
         x, pad = collate(raw, plan)
         b = next(iter(x.values())).shape[0]
-        for ps in plan["patch_sizes_m"]:
+        for ps in plan.patch_sizes_m:
             times = []
             for i in range(steps + 1):
                 t0 = time.perf_counter()
@@ -110,10 +109,6 @@ def bench_model(cfg, plans, size: str, steps: int) -> dict:
 
 
 def bench_trainer(stores: Path, workers: int, steps: int, batch: dict[str, int]) -> dict:
-    from mlflow import MlflowClient
-
-    from ray_jobs import pretrain
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     uri = f"sqlite:///{tmp}/mlflow.db"
     sets = {"name": f"bench-{workers}w", "num_workers": workers, "data.root": str(stores),
@@ -174,15 +169,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-base", action="store_true")
     args = ap.parse_args(argv)
 
-    import ray
-    import torch
-
     batch = {"planted": 8, "treesatai-ts": 2}
     stores = ensure_stores(Path(args.stores).resolve())
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    from ray_jobs.train import _quiet_ray_data
-
-    _quiet_ray_data()
+    quiet_ray_data()
     cfg, plans = load_plans(stores, batch)
     res = {"machine": f"{platform.machine()} {os.cpu_count()} CPU, no GPU" if not torch.cuda.is_available()
            else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import subprocess
@@ -194,8 +195,6 @@ def user_env(state: State) -> dict[str, str]:
 
 
 def render_exports(env: dict[str, str]) -> str:
-    import shlex
-
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
@@ -385,7 +384,7 @@ STARTERS = {"s3": _start_s3, "mlflow": _start_mlflow, "ray": _start_ray}
 
 
 def _s3_client(state: State):
-    import boto3
+    import boto3  # dev extra (comes with moto), needed only once the S3 service runs
 
     return boto3.client(
         "s3", endpoint_url=f"http://{HOST}:{state.ports.s3}", region_name=REGION,

@@ -1,42 +1,41 @@
 """The one registry of datasets: what each archive holds and how the model uses it.
 
 The ingest job, the trainer and the fine-tuning configs read everything dataset-specific from here
-(sensors, tile size, acceptable patch sizes, task, classes, the raw reader). Sensor keys refer to
-``anysat.sensors``; store-only sensors an archive carries (e.g. TreeSatAI's descending S1 orbit) are
-registered there too, so there is still one place that knows a sensor's bands.
+(sensors, tile size, acceptable patch sizes, task, classes, split conventions, the raw reader). Sensor
+keys refer to ``anysat.sensors``, which registers every sensor an archive carries (store-only ones
+included), so there is still one place that knows a sensor's bands. How each archive is laid out and
+what its reader converts (dates, band order, resampling, official vs. AnySat splits) is written in the
+reader's docstring, ``pipelines/sources/<dataset>.py``.
+
+Adding a dataset takes three files and no edit here:
+
+* a reader, a :class:`pipelines.sources.base.Source` subclass in ``<package>/sources/<module>.py``;
+* a sample generator ``<package>/samplegen/<module>.py`` exposing
+  ``write_sample(root, tiles=None, seed=0)`` that writes a miniature archive in the real layout
+  (found by that naming convention: the module named like the reader's, in a ``samplegen`` package
+  beside the reader's package; see :func:`pipelines.samplegen.get_generator`);
+* a :func:`register_dataset` call. Inside this repository it goes below; from another package it is
+  announced through the :data:`ENTRY_POINT_GROUP` entry point group::
+
+      # pyproject.toml of the other package
+      [project.entry-points."anysat_ray.datasets"]
+      toy = "toy_pkg.datasets:register"      # a function that calls register_dataset (or returns the
+                                             # DatasetSpec), or a module that calls it on import
+
+  Entry points are loaded lazily, the first time a name is not found or the datasets are listed.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from dataclasses import dataclass, field
-from typing import Literal
-
-from anysat.sensors import Sensor, register_sensor
-
-# Store-only sensors that GeoPlex archives carry but the released model has no projector for.
-register_sensor(Sensor("s1-des", 10, ("VV", "VH"), True, "ltae", subpatch_m=10))
-
-# Sensors of the six external evaluation datasets (raw-formats §6-§11), registered here rather than in
-# model code: the model builds a projector for any registered key.
-# HLS Burn Scars: 6 HLS bands at 30 m; AnySat trains a new LTAE projector for it (T0 366, spec §4.5).
-register_sensor(Sensor("hls", 30, ("B02", "B03", "B04", "B8A", "B11", "B12"), True, "ltae", subpatch_m=30,
-                       reduce_scale=3, t0=366))
-# Landsat-8 Collection-2 L2 as SICKLE ships it (surface reflectance + surface temperature). SICKLE's
-# loaders nearest-resize every band to the 32 x 32 10 m label grid, so the stored grid is 10 m.
-register_sensor(Sensor("l8-sr", 10, ("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "ST_B10"),
-                       True, "ltae", subpatch_m=10, t0=366, dropout=0.0))
-# Store-only: the S2 bands the model's 10-band ``s2`` leaves out (60 m aerosol / water vapour / cirrus),
-# kept so L1C/L2A archives that ship them (Sen1Floods11: 13 bands, SICKLE: B1, B9) stay lossless.
-register_sensor(Sensor("s2-aux", 10, ("B1", "B9", "B10"), True, "ltae", subpatch_m=10))
-# Store-only: TimeSen2Crop's per-date quality flag (0 clear, 1 cloud, 2 shadow, 3 snow).
-register_sensor(Sensor("s2-flag", 10, ("Flag",), True, "ltae", subpatch_m=10))
-# Store-only: So2Sat LCZ42 ``sen1`` as in the file (complex SLC parts, Lee-filtered intensities and
-# covariance); the model's ``s1`` gets channels [2, 0] (real parts of VV and VH), as AnySat does.
-register_sensor(Sensor("s1-so2sat", 10, ("VH_re", "VH_im", "VV_re", "VV_im", "VH_lee", "VV_lee", "C12_re",
-                                         "C12_im"), True, "ltae", subpatch_m=10))
+from typing import Any, Iterable, Literal
 
 Task = Literal["multilabel", "multiclass", "segmentation", "none"]
+
+#: Entry point group through which other packages register datasets.
+ENTRY_POINT_GROUP = "anysat_ray.datasets"
 
 
 @dataclass(frozen=True)
@@ -63,26 +62,97 @@ class DatasetSpec:
     batch_size: int = 8
     weight: float = 1.0
     group: Literal["geoplex", "external"] = "geoplex"
-    extra: dict = field(default_factory=dict)
+    split_folds: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Logical split name -> the stored splits (``tiles/split`` values) it stands for, for archives that
+    store folds rather than train/val/test (PASTIS-HD: train = fold1-3, val = fold4, test = fold5)."""
+    stats_splits: tuple[str, ...] = ("train",)
+    """Stored splits the store's normalisation statistics are computed over (the training tiles)."""
+
+    def __post_init__(self):
+        module, sep, cls = self.source.partition(":")
+        if not (module and sep and cls):
+            raise ValueError(f"dataset {self.name!r}: source must be 'module:Class', got {self.source!r}")
+        if not self.stats_splits:
+            raise ValueError(f"dataset {self.name!r}: stats_splits is empty")
+        missing = [s for s in self.model_sensors if s not in self.sensors]
+        if missing:
+            raise ValueError(f"dataset {self.name!r}: model sensors {missing} are not stored sensors")
+        # tuples, so a spec compares and pickles the same however it was written
+        object.__setattr__(self, "split_folds", {k: tuple(v) for k, v in self.split_folds.items()})
+        object.__setattr__(self, "stats_splits", tuple(self.stats_splits))
 
     @property
     def task(self) -> Task:
         return self.labels[0].task if self.labels else "none"
 
+    @property
+    def source_module(self) -> str:
+        return self.source.partition(":")[0]
+
+    @property
+    def generator_module(self) -> str:
+        """Module of the sample generator: the reader's module name in a ``samplegen`` package beside the
+        reader's package (``pipelines.sources.planted`` -> ``pipelines.samplegen.planted``)."""
+        package, _, module = self.source_module.rpartition(".")
+        parent = package.rpartition(".")[0]
+        return f"{parent}.samplegen.{module}" if parent else f"samplegen.{module}"
+
     def source_class(self):
-        module, cls = self.source.split(":")
+        module, _, cls = self.source.partition(":")
         return getattr(importlib.import_module(module), cls)
 
 
 DATASETS: dict[str, DatasetSpec] = {}
+_loaded_entry_points: set[tuple[str, str]] = set()
 
 
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to the registry; a name can be registered once."""
+    if spec.name in DATASETS:
+        where = DATASETS[spec.name].source
+        raise ValueError(f"dataset {spec.name!r} is already registered (reader {where}); dataset names are "
+                         "unique, choose another name")
     DATASETS[spec.name] = spec
     return spec
 
 
+def load_entry_points() -> None:
+    """Register the datasets other packages announce in the :data:`ENTRY_POINT_GROUP` group (once each).
+
+    An entry point's object is loaded (which imports its module); if it is callable it is called without
+    arguments, and a :class:`DatasetSpec` (or an iterable of them) it returns is registered. So both a
+    module that calls :func:`register_dataset` at import and a ``register()`` function work.
+    """
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        key = (ep.name, ep.value)
+        if key in _loaded_entry_points:
+            continue
+        _loaded_entry_points.add(key)  # first, so a failing plugin is reported once, not on every lookup
+        try:
+            obj = ep.load()
+            result = obj() if callable(obj) else None
+        except Exception as e:
+            raise RuntimeError(f"entry point {ep.name} = {ep.value} (group {ENTRY_POINT_GROUP}) failed: "
+                               f"{type(e).__name__}: {e}") from e
+        specs: Iterable[Any] = (result,) if isinstance(result, DatasetSpec) else (
+            result if isinstance(result, (list, tuple)) else ())
+        for spec in specs:
+            if not isinstance(spec, DatasetSpec):
+                raise TypeError(f"entry point {ep.name} = {ep.value} returned {type(spec).__name__}, "
+                                "not a DatasetSpec")
+            if DATASETS.get(spec.name) is not spec:
+                register_dataset(spec)
+
+
+def dataset_names() -> list[str]:
+    """Every registered dataset, those of other packages included, sorted."""
+    load_entry_points()
+    return sorted(DATASETS)
+
+
 def get_dataset(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        load_entry_points()
     try:
         return DATASETS[name]
     except KeyError:
@@ -126,16 +196,15 @@ register_dataset(DatasetSpec(
             LabelSpec("classes", "multilabel", PASTIS_CLASSES[1:19])),
     source="pipelines.sources.pastis:PastisHD",
     # tiles/split holds the official fold ("fold1".."fold5"); the standard protocol maps folds to splits
-    extra={"split_folds": {"train": ("fold1", "fold2", "fold3"), "val": ("fold4",), "test": ("fold5",)},
-           "stats_splits": ("fold1", "fold2", "fold3")}))
+    split_folds={"train": ("fold1", "fold2", "fold3"), "val": ("fold4",), "test": ("fold5",)},
+    stats_splits=("fold1", "fold2", "fold3")))
 register_dataset(DatasetSpec(
     "flair", sensors=("aerial-flair", "s2"), model_sensors=("aerial-flair", "s2"),
     tile_m=100, patch_sizes_m=(10, 20), batch_size=32, weight=1.0, tiles_per_shard=64,
     labels=(LabelSpec("semantic", "segmentation", FLAIR_CLASSES, ignore_index=12),
             # the raw 1..19 nomenclature (value 0 does not occur), kept so other mappings stay possible
             LabelSpec("nomenclature", "segmentation", FLAIR_NOMENCLATURE, ignore_index=0)),
-    source="pipelines.sources.flair:Flair",
-    extra={"s2_crop_px": 10}))
+    source="pipelines.sources.flair:Flair"))
 register_dataset(DatasetSpec(
     "planted", sensors=("s2", "s1", "l7", "alos", "modis"), model_sensors=("s2", "s1", "l7", "alos", "modis"),
     tile_m=120, patch_sizes_m=(30,), batch_size=256, weight=2.0, tiles_per_shard=1024,
@@ -144,20 +213,15 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     "s2naip-urban", sensors=("naip", "l8", "s2", "s1"), model_sensors=("naip", "l8", "s2", "s1"),
     tile_m=640, patch_sizes_m=(40, 80, 160), batch_size=2, weight=4.0, tiles_per_shard=16,
-    labels=(), source="pipelines.sources.s2naip:S2NaipUrban",
-    # 20 m S2 bands and 30 m-class Landsat bands arrive on a 32 x 32 grid; the reader replicates each pixel
-    # 2 x 2 to the 64 x 64 grid (x[..., ::2, ::2] recovers the archive; AnySat resizes them bilinearly)
-    extra={"upsampled": {"s2": {"bands": ("B5", "B6", "B7", "B8A", "B11", "B12"), "factor": 2, "method": "nearest"},
-                         "l8": {"bands": ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11"),
-                                "factor": 2, "method": "nearest"}}}))
+    labels=(), source="pipelines.sources.s2naip:S2NaipUrban"))
 
 
-# -- external evaluation datasets (issue 7; raw-formats §6-§11, patch sizes from anysat-model §4.5) -----
+# -- external evaluation datasets (patch sizes: the AnySat paper's fine-tuning protocol) ------------------
 LCZ_CLASSES = ("compact high-rise", "compact mid-rise", "compact low-rise", "open high-rise", "open mid-rise",
                "open low-rise", "lightweight low-rise", "large low-rise", "sparsely built", "heavy industry",
                "dense trees", "scattered trees", "bush, scrub", "low plants", "bare rock or paved",
                "bare soil or sand", "water")
-# Best-effort names (raw-formats §8, low confidence); the stored label is the class folder number.
+# Best-effort names (the archive ships numbered class folders only); the stored label is the folder number.
 TIMESEN2CROP_CLASSES = ("Legumes", "Grassland", "Maize", "Potato", "Sunflower", "Soy", "Winter barley",
                         "Winter caraway", "Rye", "Rapeseed", "Beet", "Spring cereals", "Winter wheat",
                         "Winter triticale", "Permanent plantation", "Other crops")
@@ -176,42 +240,24 @@ register_dataset(DatasetSpec(
     patch_sizes_m=(10,), batch_size=12, tiles_per_shard=64, group="external",
     labels=(LabelSpec("paddy", "segmentation", ("paddy", "non-paddy"), ignore_index=-1),
             LabelSpec("masks_10m", "none", SICKLE_MASK_BANDS)),
-    source="pipelines.sources.sickle:Sickle",
-    # Not lossless: every band is nearest-resized to the 32 x 32 10 m grid, as all SICKLE loaders do.
-    # SICKLE's test labels are withheld, so AnySat evaluates on "val"; AnySat feeds L8 to the l8 projector
-    # in 11 slots [pad, SR_B1..SR_B7, pad, ST_B10, pad] (pads masked).
-    extra={"grid_px": 32, "resample": "nearest (cv2 INTER_NEAREST convention: src = floor(dst * in / out))",
-           "anysat_splits": {"train": "train", "val": "val", "test": "val"},
-           "anysat_l8_slots": ("pad", "SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "pad",
-                               "ST_B10", "pad")}))
+    source="pipelines.sources.sickle:Sickle"))
 register_dataset(DatasetSpec(
     "timesen2crop", sensors=("s2", "s2-flag"), model_sensors=("s2",), tile_m=10, patch_sizes_m=(10,),
     batch_size=2048, tiles_per_shard=4096, group="external",
     labels=(LabelSpec("crop", "multiclass", TIMESEN2CROP_CLASSES),),
-    source="pipelines.sources.timesen2crop:TimeSen2Crop",
-    # splits: AnySat's tile protocol (val 33TWN, test 33UVP, train the other 2017-18 tiles); the 2019
-    # agronomic-year folders are the authors' temporal-transfer test set, stored as "test-2019".
-    extra={"anysat_tiles": {"val": ("33TWN",), "test": ("33UVP",)},
-           "official_splits": {"train": ("train", "val", "test"), "test": ("test-2019",)}}))
+    source="pipelines.sources.timesen2crop:TimeSen2Crop"))
 register_dataset(DatasetSpec(
     "sen1floods11", sensors=("s2", "s1", "s2-aux"), model_sensors=("s2", "s1"), tile_m=5120,
     patch_sizes_m=(80,), batch_size=4, tiles_per_shard=8, group="external",
     labels=(LabelSpec("water", "segmentation", ("not water", "water"), ignore_index=-1),),
-    source="pipelines.sources.sen1floods11:Sen1Floods11",
-    extra={"held_out": ("bolivia",)}))
+    source="pipelines.sources.sen1floods11:Sen1Floods11"))
 register_dataset(DatasetSpec(
     "so2sat", sensors=("s2", "s1", "s1-so2sat"), model_sensors=("s2", "s1"), tile_m=320, patch_sizes_m=(80,),
     batch_size=128, tiles_per_shard=1024, group="external",
     labels=(LabelSpec("lcz", "multiclass", LCZ_CLASSES),),
-    source="pipelines.sources.so2sat:So2Sat",
-    # AnySat's So2Sat ratio uses eps 1e-4 (the registry's s1 ratio uses 1e-10)
-    extra={"s1_from_sen1_channels": (2, 0), "anysat_ratio_eps": 1e-4}))
+    source="pipelines.sources.so2sat:So2Sat"))
 register_dataset(DatasetSpec(
     "hls-burn-scars", sensors=("hls",), model_sensors=("hls",), tile_m=15360, patch_sizes_m=(240,),
     batch_size=4, tiles_per_shard=8, group="external",
     labels=(LabelSpec("burn", "segmentation", ("not burned", "burn scar"), ignore_index=-1),),
-    source="pipelines.sources.hls_burn_scars:HLSBurnScars",
-    # stored splits follow AnySat/PANGAEA (val = 10 % of training/, sklearn seed 23; test = validation/);
-    # the official two-way split is their union as below
-    extra={"official_splits": {"training": ("train", "val"), "validation": ("test",)},
-           "anysat_val": "train_test_split(np.arange(n_sorted_training), test_size=0.1, random_state=23)"}))
+    source="pipelines.sources.hls_burn_scars:HLSBurnScars"))

@@ -43,7 +43,9 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import importlib.metadata
 import json
+import logging
 import os
 import pickle
 import platform
@@ -51,10 +53,14 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import numpy as np
+import ray
+import ray.data
+import zarr
+from tqdm import tqdm
 
 from anysat.sensors import get_sensor
 from pipelines import store as st
@@ -329,8 +335,6 @@ def place_tile(layout: st.StoreLayout, block: dict[str, np.ndarray], j: int, til
 def write_shard(url: str, storage_options: dict, source_spec: SourceSpec, layout: st.StoreLayout,
                 shard: int, refs: list[TileRef], stats_splits: tuple[str, ...]) -> dict:
     """Read, validate and write one shard, then its completion marker; returns the marker."""
-    import zarr
-
     start, stop = layout.shard_range(shard)
     assert stop - start == len(refs), (shard, start, stop, len(refs))
     source = source_spec.build()
@@ -381,8 +385,6 @@ def _write_row(ctx: dict, row: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 def _run_rows(executor: str, fn: Callable[[dict], dict], rows: list[dict], desc: str, progress: bool,
               on_row: Callable[[dict], None], unit_of: Callable[[dict], int], total_units: int) -> None:
-    from tqdm import tqdm
-
     bar = tqdm(total=total_units, desc=desc, unit="tile", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, smoothing=0.1)
     try:
@@ -392,8 +394,6 @@ def _run_rows(executor: str, fn: Callable[[dict], dict], rows: list[dict], desc:
                 on_row(out)
                 bar.update(unit_of(out))
             return
-        import ray
-
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         # one task per row: a row is a whole shard (or probe group), which is what makes writers disjoint
         ds = ds.map(fn, num_cpus=1)
@@ -405,12 +405,8 @@ def _run_rows(executor: str, fn: Callable[[dict], dict], rows: list[dict], desc:
 
 
 def _init_ray(num_cpus: int | None) -> None:
-    import ray
-
     if ray.is_initialized():
         return
-    import logging
-
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
@@ -419,8 +415,6 @@ def _init_ray(num_cpus: int | None) -> None:
 
 
 def _quiet_ray_data() -> None:
-    import ray.data
-
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # we draw one tqdm bar in tiles, not Ray's per-operator bars
     ctx.print_on_execution_start = False
@@ -429,32 +423,23 @@ def _quiet_ray_data() -> None:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("anysat-ray", "numpy", "zarr", "ray", "fsspec", "s3fs"):
         try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return out
 
 
-def _static_attrs(spec: DatasetSpec, layout: st.StoreLayout, raw: str, plan_time: str) -> dict:
+def _planned_meta(spec: DatasetSpec, layout: st.StoreLayout, raw: str, plan_time: str) -> st.StoreMeta:
+    """Root attributes of a store the ingest has just sized (statistics follow in :func:`finalize`)."""
     first = spec.labels[0] if spec.labels else None
-    return {
-        "format": st.FORMAT, "format_version": st.FORMAT_VERSION, "dataset": spec.name, "task": spec.task,
-        "classes": list(first.classes) if first else [],
-        "labels": {k: {"task": v.task, "classes": v.classes, "ignore_index": v.ignore_index, "shape": v.shape,
-                       "dtype": v.dtype} for k, v in layout.labels.items()},
-        "tile_m": spec.tile_m, "patch_sizes_m": list(spec.patch_sizes_m), "model_sensors": list(spec.model_sensors),
-        "sensors": {k: {"bands": v.bands, "resolution_m": v.resolution_m, "time_series": v.time_series,
-                        "t_max": v.t_max, "channels": v.channels, "height": v.height, "width": v.width,
-                        "dtype": v.dtype, "mask_channels": v.mask_channels} for k, v in layout.sensors.items()},
-        "n_tiles": layout.n_tiles, "tiles_per_shard": layout.tiles_per_shard, "n_shards": layout.n_shards,
-        "compressor": layout.compressor, "status": "incomplete",
-        "provenance": {"source": raw, "planned": plan_time, "versions": _versions(), "host": socket.gethostname()},
-    }
+    return st.StoreMeta.for_layout(
+        layout, task=spec.task, classes=tuple(first.classes) if first else (), tile_m=spec.tile_m,
+        patch_sizes_m=tuple(spec.patch_sizes_m), model_sensors=tuple(spec.model_sensors),
+        compressor=dict(layout.compressor), status="incomplete",
+        provenance={"source": raw, "planned": plan_time, "versions": _versions(), "host": socket.gethostname()})
 
 
 def _now() -> str:
@@ -539,7 +524,7 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
             raise IngestError(f"all {len(refs)} tiles of {raw} failed validation, e.g. {first}")
         plan_time = _now()
         st.remove(url, so)  # a half-created store (killed before the plan was saved) is rebuilt
-        st.create_store(url, layout, _static_attrs(spec, layout, raw, plan_time), so)
+        st.create_store(url, layout, _planned_meta(spec, layout, raw, plan_time), so)
         plan = {"format_version": st.FORMAT_VERSION, "dataset": spec.name, "raw": raw, "listing_sha256": lhash,
                 "n_listed": len(refs), "layout": layout.to_json(), "probe_quarantine": probe_quarantine,
                 "planned": plan_time}
@@ -554,7 +539,7 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
     fs.invalidate_cache()
     done = {int(os.path.basename(p).split(".")[0]) for p in fs.glob(f"{root_path}/{SHARD_DIR}/*.json")}
     pending = [i for i in range(layout.n_shards) if i not in done]
-    stats_splits = tuple(spec.extra.get("stats_splits", ("train",)))
+    stats_splits = spec.stats_splits
     ctx = {"url": url, "storage_options": so, "source_spec": source_spec, "layout": layout,
            "stats_splits": stats_splits}
     rows = []
@@ -581,8 +566,6 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
 def finalize(url: str, so: dict, spec: DatasetSpec, layout: st.StoreLayout, plan: dict,
              stats_splits: tuple[str, ...]) -> dict:
     """Merge the shard markers (in shard order) into the root attrs and write quarantine.json."""
-    import zarr
-
     fs, root_path = st.filesystem(url, so)
     paths = [f"{root_path}/{SHARD_DIR}/{i:06d}.json" for i in range(layout.n_shards)]
     fs.invalidate_cache()
@@ -593,21 +576,19 @@ def finalize(url: str, so: dict, spec: DatasetSpec, layout: st.StoreLayout, plan
                           f"(first: {missing[0]}); rerun to finish them")
     markers = [json.loads(blobs[p]) for p in paths]
     quarantine = list(plan["probe_quarantine"]) + [q for m in markers for q in m["quarantine"]]
-    stats = {}
-    for key, s in layout.sensors.items():
-        merged = st.merge_stats(m["stats"].get(key) for m in markers)
-        stats[key] = {**st.finalize_stats(merged, s.bands), "splits": list(stats_splits)}
-    shards = [{k: m[k] for k in ("shard", "start", "stop", "tiles", "written", "bytes")} for m in markers]
+    stats = {key: st.SensorStats.from_partials(st.merge_stats(m["stats"].get(key) for m in markers), s.bands,
+                                               stats_splits)
+             for key, s in layout.sensors.items()}
+    shards = tuple({k: m[k] for k in ("shard", "start", "stop", "tiles", "written", "bytes")} for m in markers)
     written = sum(m["written"] for m in markers)
-    root = zarr.open_group(st.zarr_store(url, so), mode="r+")
-    prov = dict(root.attrs.get("provenance", {}))
-    prov["finished"] = _now()
     report = {"dataset": spec.name, "store": url, "source": plan["raw"], "listed": plan["n_listed"],
               "quarantined": len(quarantine), "tiles": quarantine}
     st.write_json(url, "quarantine.json", report, so)
-    root.attrs.update({"stats": stats, "stats_splits": list(stats_splits), "shards": shards,
-                       "quarantine": quarantine, "n_listed": plan["n_listed"], "n_written": written,
-                       "provenance": prov, "status": "complete"})
+    meta = st.read_meta(url, so)
+    st.write_meta(url, meta.replace(stats=stats, stats_splits=tuple(stats_splits), shards=shards,
+                                    quarantine=tuple(quarantine), n_listed=plan["n_listed"], n_written=written,
+                                    provenance={**(meta.provenance or {}), "finished": _now()},
+                                    status="complete"), so)
     return {"written": written, "quarantine": quarantine}
 
 

@@ -1,11 +1,12 @@
-"""Write a miniature raw archive of a dataset in its real on-disk layout (raw-formats §14).
+"""Write a miniature raw archive of a dataset in its real on-disk layout.
 
 ::
 
     python -m pipelines.samples --dataset planted --out data/raw/planted [--tiles 3000] [--seed 0]
     make sample-data DATASET=planted RAW=data/raw/planted [TILES=3000]
 
-Dispatches to ``pipelines/samplegen/<module>.py`` (see :data:`pipelines.samplegen.GENERATORS`).
+Dispatches to the dataset's generator module (``pipelines/samplegen/<module>.py`` beside the reader
+``pipelines/sources/<module>.py``; see :mod:`pipelines.samplegen`).
 Exit code 2 with one error line for an unknown dataset or a generator that is not written yet.
 """
 
@@ -15,7 +16,8 @@ import argparse
 import sys
 import time
 
-from pipelines.samplegen import GENERATORS, get_generator
+from pipelines.datasets import dataset_names
+from pipelines.samplegen import generator_available, get_generator
 
 
 def write_sample(dataset: str, out: str, tiles: int | None = None, seed: int = 0) -> None:
@@ -24,7 +26,8 @@ def write_sample(dataset: str, out: str, tiles: int | None = None, seed: int = 0
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.samples", description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(sorted(GENERATORS))}")
+    with_generator = [d for d in dataset_names() if generator_available(d)]
+    p.add_argument("--dataset", required=True, help=f"one of: {', '.join(with_generator)}")
     p.add_argument("--out", required=True, help="folder to write the raw archive into")
     p.add_argument("--tiles", type=int, default=None, help="number of tiles (default: the miniature size)")
     p.add_argument("--seed", type=int, default=0)

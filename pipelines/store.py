@@ -1,8 +1,8 @@
-"""The anysat-ray store: one sharded Zarr v3 store per dataset (DESIGN.md, "The store contract").
+"""The anysat-ray store: one sharded Zarr v3 store per dataset.
 
 ::
 
-    <out>/<dataset>.zarr/            root group, attrs: format, format_version, dataset, task, labels,
+    <out>/<dataset>.zarr/            root group, attrs (StoreMeta): format, format_version, dataset, task, labels,
                                      tile_m, patch_sizes_m, sensors, stats, provenance, shards, quarantine
       tiles/id      (N,)   str       tile id from the raw archive
       tiles/split   (N,)   str       train / val / test / ... ; "quarantined" for a slot whose tile
@@ -18,13 +18,16 @@
 One chunk holds one tile of one array; ``tiles_per_shard`` chunks form one shard object (Zarr v3
 sharding), and writers only ever write whole shards, so no two writers touch the same object.
 
-This module owns the format both ways: :func:`create_store` / :func:`write_block` for the ingest job
-and :class:`StoreReader` for the trainer. Local paths and ``s3://`` URLs both work (fsspec/s3fs).
+This module owns the format both ways: :func:`create_store` / :func:`write_block` for the writers (the
+ingest job, ``ray_jobs.embed``), :class:`StoreReader` for the trainer, and :class:`StoreMeta` for the root
+attributes, which nobody else reads or writes as a raw dict (:func:`read_meta`, :func:`update_meta`,
+``StoreReader.meta``). Local paths and ``s3://`` URLs both work (fsspec/s3fs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -33,10 +36,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import fsspec
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.storage
-from zarr.codecs import BloscCodec
+from numcodecs import Blosc
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 FORMAT = "anysat-ray-store"
 FORMAT_VERSION = 1
@@ -229,10 +236,292 @@ class StoreLayout:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Root attributes: the typed view of what a store says about itself
+# ----------------------------------------------------------------------------------------------------
+def _tuple(v: Iterable | None) -> tuple:
+    return tuple(v) if v is not None else ()
+
+
+@dataclass(frozen=True)
+class SensorMeta:
+    """``sensors[<key>]`` of the root attributes: how one sensor is stored."""
+
+    bands: tuple[str, ...]
+    """Stored band names (the raw bands: derived ones such as S1's VV/VH are the loader's job)."""
+    resolution_m: float
+    time_series: bool
+    t_max: int
+    channels: int
+    height: int
+    width: int
+    dtype: str
+    mask_channels: int | None = None
+
+    @classmethod
+    def from_layout(cls, s: SensorLayout) -> SensorMeta:
+        return cls(tuple(s.bands), s.resolution_m, s.time_series, s.t_max, s.channels, s.height, s.width,
+                   s.dtype, s.mask_channels)
+
+    @classmethod
+    def from_attrs(cls, d: dict) -> SensorMeta:
+        return cls(_tuple(d["bands"]), d["resolution_m"], d["time_series"], d["t_max"], d["channels"],
+                   d["height"], d["width"], d["dtype"], d.get("mask_channels"))
+
+    def to_attrs(self) -> dict:
+        return {"bands": list(self.bands), "resolution_m": self.resolution_m, "time_series": self.time_series,
+                "t_max": self.t_max, "channels": self.channels, "height": self.height, "width": self.width,
+                "dtype": self.dtype, "mask_channels": self.mask_channels}
+
+
+@dataclass(frozen=True)
+class LabelMeta:
+    """``labels[<name>]`` of the root attributes (the label array carries the same in its own attrs)."""
+
+    task: str
+    classes: tuple[str, ...]
+    shape: tuple[int, ...]
+    """Per-tile shape: ``()`` class index, ``(K,)`` multi-hot, ``(H, W)`` per pixel."""
+    dtype: str
+    ignore_index: int | None = None
+
+    @classmethod
+    def from_layout(cls, lab: LabelLayout) -> LabelMeta:
+        return cls(lab.task, tuple(lab.classes), tuple(lab.shape), lab.dtype, lab.ignore_index)
+
+    @classmethod
+    def from_attrs(cls, d: dict) -> LabelMeta:
+        return cls(d["task"], _tuple(d["classes"]), _tuple(d["shape"]), d["dtype"], d.get("ignore_index"))
+
+    def to_attrs(self) -> dict:
+        return {"task": self.task, "classes": list(self.classes), "ignore_index": self.ignore_index,
+                "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class SensorStats:
+    """``stats[<sensor>]``: exact per-band statistics over the real time steps of the ``splits`` tiles.
+
+    ``None`` in ``min``/``max``/``mean``/``std`` marks a band without a single valid value.
+    """
+
+    bands: tuple[str, ...]
+    count: tuple[int, ...]
+    sum: tuple[float, ...]
+    sumsq: tuple[float, ...]
+    min: tuple[float | None, ...]
+    max: tuple[float | None, ...]
+    nan_count: tuple[int, ...]
+    mean: tuple[float | None, ...]
+    std: tuple[float | None, ...]
+    splits: tuple[str, ...] = ("train",)
+
+    _FIELDS = ("count", "sum", "sumsq", "min", "max", "nan_count", "mean", "std")
+
+    @classmethod
+    def from_partials(cls, merged: dict[str, list] | None, bands: Sequence[str],
+                      splits: Sequence[str]) -> SensorStats:
+        """Statistics from merged :func:`partial_stats` (``None``: no tile of ``splits`` had the sensor)."""
+        return cls.from_attrs({**finalize_stats(merged, bands), "splits": list(splits)})
+
+    @classmethod
+    def from_attrs(cls, d: dict) -> SensorStats:
+        return cls(_tuple(d["bands"]), *(_tuple(d[k]) for k in cls._FIELDS), splits=_tuple(d.get("splits", ("train",))))
+
+    def to_attrs(self) -> dict:
+        return {"bands": list(self.bands), **{k: list(getattr(self, k)) for k in self._FIELDS},
+                "splits": list(self.splits)}
+
+    def arrays(self) -> dict[str, Any]:
+        """The statistics as numpy arrays (NaN where a band had no value); bands and splits as lists."""
+        out: dict[str, Any] = {"bands": list(self.bands)}
+        for k in self._FIELDS:
+            out[k] = np.array([np.nan if x is None else x for x in getattr(self, k)],
+                              dtype=np.int64 if k in ("count", "nan_count") else np.float64)
+        out["splits"] = list(self.splits)
+        return out
+
+
+@dataclass(frozen=True)
+class EmbeddingMeta:
+    """``embedding`` of a store written by ``ray_jobs.embed`` (its sensors are ``anysat-<output>``)."""
+
+    source_store: str
+    model: str
+    """Human-readable description of the weights (checkpoint file and step, or encoder source)."""
+    output: str
+    patch_size_m: float
+    splits: tuple[str, ...]
+    sensors: tuple[str, ...]
+    """The input sensors the model saw."""
+
+    @classmethod
+    def from_attrs(cls, d: dict) -> EmbeddingMeta:
+        return cls(d["source_store"], d["model"], d["output"], d["patch_size_m"], _tuple(d["splits"]),
+                   _tuple(d["sensors"]))
+
+    def to_attrs(self) -> dict:
+        return {"source_store": self.source_store, "model": self.model, "output": self.output,
+                "patch_size_m": self.patch_size_m, "splits": list(self.splits), "sensors": list(self.sensors)}
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """The root attributes of a store (``zarr.json`` ``attributes``), typed.
+
+    Two kinds of store share the format: a dataset store written by ``pipelines.ingest`` and an
+    embeddings store written by ``ray_jobs.embed`` (``embedding`` set). ``None`` marks a key the writer
+    does not record (an embeddings store has no statistics, no provenance, no shard records); such keys
+    are left out of :meth:`to_attrs`, so each kind keeps exactly the keys it has always written.
+    ``format``, ``format_version`` and ``n_shards`` are not fields: they follow from the code and
+    from ``n_tiles`` / ``tiles_per_shard``.
+
+    The ingest writes the first part when it creates the arrays (``status="incomplete"``) and the
+    statistics, shard records and quarantine when it finishes (``status="complete"``)::
+
+        meta = StoreMeta.for_layout(layout, task="multiclass", tile_m=120, ...)
+        create_store(url, layout, meta)
+        ...
+        update_meta(url, stats=..., status="complete")
+        StoreReader(url).meta.stats["s2"].mean
+    """
+
+    dataset: str
+    n_tiles: int
+    tiles_per_shard: int
+    sensors: dict[str, SensorMeta]
+    task: str | None = None
+    """Task of the first label ("multilabel", "multiclass", "segmentation" or "none")."""
+    tile_m: float | None = None
+    labels: dict[str, LabelMeta] = field(default_factory=dict)
+    classes: tuple[str, ...] | None = None
+    """Classes of the first label (dataset stores)."""
+    patch_sizes_m: tuple[float, ...] | None = None
+    model_sensors: tuple[str, ...] | None = None
+    """Sensors fed to AnySat, in the model's modality order (the registry's ``DatasetSpec.model_sensors``)."""
+    compressor: dict | None = None
+    """Blosc settings of the arrays (``COMPRESSOR``)."""
+    status: str = "incomplete"
+    """``"incomplete"`` while a writer runs, ``"complete"`` once every shard is written."""
+    provenance: dict | None = None
+    """Where the data came from: ``source`` (raw archive), ``planned`` / ``finished`` (UTC times),
+    ``versions`` (package -> version), ``host``."""
+    stats: dict[str, SensorStats] | None = None
+    stats_splits: tuple[str, ...] | None = None
+    """The splits the statistics are computed over (``("train",)``; PASTIS: its training folds)."""
+    shards: tuple[dict, ...] | None = None
+    """One record per shard: ``shard``, ``start``, ``stop``, ``tiles``, ``written``, ``bytes``."""
+    quarantine: tuple[dict, ...] | None = None
+    """One record per quarantined tile: ``tile``, ``split``, ``file``, ``reason``, ``stage``, ``index``."""
+    n_listed: int | None = None
+    """Tiles the reader listed in the raw archive (quarantined ones included)."""
+    n_written: int | None = None
+    embedding: EmbeddingMeta | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_tiles / self.tiles_per_shard) if self.n_tiles else 0
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @classmethod
+    def for_layout(cls, layout: StoreLayout, **fields: Any) -> StoreMeta:
+        """The attributes that follow from ``layout`` (dataset, sizes, sensors, labels) plus ``fields``."""
+        return cls(layout.dataset, layout.n_tiles, layout.tiles_per_shard,
+                   {k: SensorMeta.from_layout(v) for k, v in layout.sensors.items()},
+                   labels={k: LabelMeta.from_layout(v) for k, v in layout.labels.items()}, **fields)
+
+    @classmethod
+    def from_attrs(cls, d: dict) -> StoreMeta:
+        """Parse root attributes; keys this version does not know are ignored (a newer writer's extras)."""
+        if d.get("format") != FORMAT or d.get("format_version") != FORMAT_VERSION:
+            raise StoreFormatError(f"attributes of a {d.get('format')!r} store, format_version "
+                                   f"{d.get('format_version')!r}; this code reads {FORMAT!r} version {FORMAT_VERSION}")
+
+        def opt(key, conv):
+            return None if d.get(key) is None else conv(d[key])
+
+        return cls(
+            dataset=d["dataset"], n_tiles=d["n_tiles"], tiles_per_shard=d["tiles_per_shard"],
+            sensors={k: SensorMeta.from_attrs(v) for k, v in d["sensors"].items()},
+            task=d.get("task"), tile_m=d.get("tile_m"),
+            labels={k: LabelMeta.from_attrs(v) for k, v in d.get("labels", {}).items()},
+            classes=opt("classes", tuple), patch_sizes_m=opt("patch_sizes_m", tuple),
+            model_sensors=opt("model_sensors", tuple), compressor=opt("compressor", dict),
+            status=d.get("status", "incomplete"), provenance=opt("provenance", dict),
+            stats=opt("stats", lambda s: {k: SensorStats.from_attrs(v) for k, v in s.items()}),
+            stats_splits=opt("stats_splits", tuple),
+            shards=opt("shards", lambda v: tuple(dict(x) for x in v)),
+            quarantine=opt("quarantine", lambda v: tuple(dict(x) for x in v)),
+            n_listed=d.get("n_listed"), n_written=d.get("n_written"),
+            embedding=opt("embedding", EmbeddingMeta.from_attrs))
+
+    def to_attrs(self) -> dict:
+        """The root attributes as stored (JSON-compatible; ``None`` fields left out)."""
+        d: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self.dataset,
+                             "task": self.task}
+        optional = {
+            "classes": None if self.classes is None else list(self.classes),
+            "labels": {k: v.to_attrs() for k, v in self.labels.items()},
+            "tile_m": self.tile_m,
+            "patch_sizes_m": None if self.patch_sizes_m is None else list(self.patch_sizes_m),
+            "model_sensors": None if self.model_sensors is None else list(self.model_sensors),
+            "sensors": {k: v.to_attrs() for k, v in self.sensors.items()},
+            "n_tiles": self.n_tiles, "tiles_per_shard": self.tiles_per_shard, "n_shards": self.n_shards,
+            "compressor": self.compressor, "status": self.status, "provenance": self.provenance,
+            "stats": None if self.stats is None else {k: v.to_attrs() for k, v in self.stats.items()},
+            "stats_splits": None if self.stats_splits is None else list(self.stats_splits),
+            "shards": None if self.shards is None else [dict(s) for s in self.shards],
+            "quarantine": None if self.quarantine is None else [dict(q) for q in self.quarantine],
+            "n_listed": self.n_listed, "n_written": self.n_written,
+            "embedding": None if self.embedding is None else self.embedding.to_attrs(),
+        }
+        d.update({k: v for k, v in optional.items() if v is not None})
+        return d
+
+    def replace(self, **changes: Any) -> StoreMeta:
+        return dataclasses.replace(self, **changes)
+
+
+def read_meta(url: str, storage_options: dict | None = None) -> StoreMeta:
+    """The root attributes of the store at ``url`` (any status)."""
+    if not check_format(url, storage_options):
+        raise FileNotFoundError(f"no store at {url}")
+    root = zarr.open_group(zarr_store(url, storage_options, read_only=True), mode="r")
+    return StoreMeta.from_attrs(dict(root.attrs))
+
+
+def write_meta(url: str, meta: StoreMeta, storage_options: dict | None = None) -> None:
+    """Replace the root attributes of the store at ``url`` by ``meta``."""
+    root = zarr.open_group(zarr_store(url, storage_options), mode="r+")
+    root.attrs.put(meta.to_attrs())
+
+
+def update_meta(url: str, storage_options: dict | None = None, **changes: Any) -> StoreMeta:
+    """Read the root attributes, change some fields, write them back; returns the new meta.
+
+    One writer at a time (the ingest driver, the embed driver): attributes are one object.
+    """
+    meta = read_meta(url, storage_options).replace(**changes)
+    write_meta(url, meta, storage_options)
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------------
-def create_store(url: str, layout: StoreLayout, attrs: dict, storage_options: dict | None = None) -> zarr.Group:
-    """Create (overwriting) every array of the store, empty; shards are written later by the ingest."""
+def create_store(url: str, layout: StoreLayout, meta: StoreMeta,
+                 storage_options: dict | None = None) -> zarr.Group:
+    """Create (overwriting) every array of the store, empty, with ``meta`` as the root attributes;
+    shards are written later by the ingest.
+    """
+    if (meta.dataset, meta.n_tiles, meta.tiles_per_shard) != (layout.dataset, layout.n_tiles,
+                                                               layout.tiles_per_shard):
+        raise ValueError(f"store attributes ({meta.dataset}, {meta.n_tiles} tiles, {meta.tiles_per_shard} per "
+                         f"shard) do not match the layout ({layout.dataset}, {layout.n_tiles}, "
+                         f"{layout.tiles_per_shard})")
+    attrs = meta.to_attrs()
     store = zarr_store(url, storage_options)
     root = zarr.open_group(store, mode="w", zarr_format=3, attributes=attrs)
     n, tps = layout.n_tiles, layout.tiles_per_shard
@@ -334,9 +623,6 @@ class ShardSpec:
 
 def shard_spec(arr: zarr.Array) -> ShardSpec | None:
     """The fast-path description of an array, or ``None`` if its codecs are not the ones we create."""
-    from numcodecs import Blosc
-    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
-
     md = arr.metadata
     codecs = getattr(md, "codecs", ())
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
@@ -363,8 +649,6 @@ def shard_spec(arr: zarr.Array) -> ShardSpec | None:
 
 def encode_shard(spec: ShardSpec, block: np.ndarray) -> bytes:
     """Bytes of one shard object holding ``len(block)`` consecutive tiles from the shard's start."""
-    import google_crc32c
-
     n = block.shape[0]
     a = np.ascontiguousarray(block, dtype=spec.dtype.newbyteorder("<") if spec.dtype.itemsize > 1 else spec.dtype)
     if a.dtype == np.bool_:
@@ -382,8 +666,6 @@ def encode_shard(spec: ShardSpec, block: np.ndarray) -> bytes:
 
 def decode_shard(spec: ShardSpec, buf: bytes | None, lo: int, hi: int, out: np.ndarray) -> None:
     """Decode tiles ``lo..hi`` (shard-relative) of a shard object into ``out`` (``hi - lo`` rows)."""
-    import google_crc32c
-
     if buf is None:
         out[...] = spec.fill_value
         return
@@ -404,9 +686,6 @@ def decode_shard(spec: ShardSpec, buf: bytes | None, lo: int, hi: int, out: np.n
 def _put_all(store, puts: list[tuple[str, bytes]]) -> None:
     if not puts:
         return
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
     proto = default_buffer_prototype()
 
     async def go():
@@ -416,9 +695,6 @@ def _put_all(store, puts: list[tuple[str, bytes]]) -> None:
 
 
 def _get_all(store, keys: list[str]) -> list[bytes | None]:
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
     proto = default_buffer_prototype()
 
     async def go():
@@ -525,9 +801,9 @@ class StoreReader:
         if not ok:
             raise FileNotFoundError(f"no store at {self.url}")
         self._root = None
-        self.attrs: dict[str, Any] = dict(self.root.attrs)
-        if require_complete and self.attrs.get("status") != "complete":
-            raise ValueError(f"{self.url}: ingest not finished (status {self.attrs.get('status')!r}); "
+        self._meta: StoreMeta | None = None
+        if require_complete and not self.meta.complete:
+            raise ValueError(f"{self.url}: ingest not finished (status {self.meta.status!r}); "
                              "rerun the ingest to complete it, or pass require_complete=False")
         self._splits: np.ndarray | None = None
         self._specs: dict[str, ShardSpec | None] = {}
@@ -546,44 +822,41 @@ class StoreReader:
         return self._root
 
     # -- metadata -------------------------------------------------------------------------------------
+    @property
+    def meta(self) -> StoreMeta:
+        """The root attributes, typed (parsed once)."""
+        if self._meta is None:
+            self._meta = StoreMeta.from_attrs(dict(self.root.attrs))
+        return self._meta
+
     def __len__(self) -> int:
-        return int(self.attrs["n_tiles"])
+        return int(self.meta.n_tiles)
 
     @property
     def dataset(self) -> str:
-        return self.attrs["dataset"]
+        return self.meta.dataset
 
     @property
     def tiles_per_shard(self) -> int:
-        return int(self.attrs["tiles_per_shard"])
+        return int(self.meta.tiles_per_shard)
 
     @property
     def sensors(self) -> list[str]:
-        return list(self.attrs["sensors"])
+        return list(self.meta.sensors)
 
     @property
     def label_names(self) -> list[str]:
-        return list(self.attrs.get("labels", {}))
-
-    def sensor_info(self, sensor: str) -> dict[str, Any]:
-        """bands, resolution_m, t_max, channels, height, width, dtype, mask_channels, time_series."""
-        return dict(self.attrs["sensors"][sensor])
+        return list(self.meta.labels)
 
     def stats(self, sensor: str) -> dict[str, np.ndarray]:
         """Train-split per-band statistics: mean, std, count, sum, sumsq, min, max, nan_count."""
-        st = self.attrs["stats"][sensor]
-        out = {}
-        for k, v in st.items():
-            if k in ("bands", "splits"):
-                out[k] = list(v)
-            else:
-                out[k] = np.array([np.nan if x is None else x for x in v],
-                                  dtype=np.int64 if k in ("count", "nan_count") else np.float64)
-        return out
+        if not self.meta.stats or sensor not in self.meta.stats:
+            raise KeyError(f"{self.url}: no statistics for sensor {sensor!r}")
+        return self.meta.stats[sensor].arrays()
 
     @property
     def quarantine(self) -> list[dict]:
-        return list(self.attrs.get("quarantine", []))
+        return list(self.meta.quarantine or ())
 
     def shard_ranges(self) -> list[tuple[int, int]]:
         n, tps = len(self), self.tiles_per_shard
@@ -611,10 +884,10 @@ class StoreReader:
         if tiles:
             keys += ["tiles/id", "tiles/split"]
         for s in (self.sensors if sensors is None else sensors):
-            if s not in self.attrs["sensors"]:
+            if s not in self.meta.sensors:
                 raise KeyError(f"{self.url}: no sensor {s!r}; stored: {', '.join(self.sensors)}")
             keys += [f"{s}/data", f"{s}/dates"]
-            if self.attrs["sensors"][s].get("mask_channels"):
+            if self.meta.sensors[s].mask_channels:
                 keys.append(f"{s}/mask")
         if labels:
             keys += [f"labels/{n}" for n in self.label_names]
@@ -652,7 +925,6 @@ class StoreReader:
         async def fetch():
             return await asyncio.gather(*(arrays[k]._async_array.getitem(slice(start, stop)) for k in slow))
 
-        from zarr.core.sync import sync
         for k, v in zip(slow, sync(fetch()) if slow else []):
             v = np.asarray(v)
             out[k] = v.astype(object) if k.startswith("tiles/") else v

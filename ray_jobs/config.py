@@ -14,8 +14,6 @@ name (``data.datasets.planted.batch_size=4``).
 
 from __future__ import annotations
 
-import logging
-
 import difflib
 import os
 from pathlib import Path
@@ -24,11 +22,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines import store as st
+
 __all__ = [
     "ConfigError", "Section", "ModelConfig", "DatasetEntry", "DataConfig", "TrainLoopConfig",
     "OptimConfig", "CheckpointConfigSection", "MlflowConfig", "FaultInjection", "TrainConfig",
     "JEPAConfig", "PretrainConfig", "load_config", "apply_overrides", "parse_override",
-    "flatten", "check_stores", "store_url", "resolve_paths",
+    "check_stores", "store_url", "resolve_paths",
 ]
 
 
@@ -46,7 +46,7 @@ class ModelConfig(Section):
     size: str = "tiny"
     """AnySat size preset (``tiny`` = hub-tiny D 256 / depth 2, ``small``, ``base``)."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    """Extra keyword arguments forwarded to the AnySat constructor (e.g. ``attn_mode``)."""
+    """Extra keyword arguments forwarded to the AnySat constructor (e.g. ``attention: flash-heads``)."""
     init_from: str | None = None
     """Optional encoder state dict (path or URL) to start from."""
 
@@ -60,7 +60,7 @@ class DatasetEntry(Section):
     """Store URL; default ``<data.root>/<name>.zarr``."""
     split: str | list[str] = "train"
     """Training split: a store split, an alias from the registry (PASTIS-HD ``train`` = fold1-3,
-    ``extra["split_folds"]``), or an explicit list of store splits (``[fold1, fold2, fold3]``)."""
+    ``DatasetSpec.split_folds``), or an explicit list of store splits (``[fold1, fold2, fold3]``)."""
     val_split: str | list[str] | None = "val"
     """Validation split, same forms; ignored (no validation) when the store lacks it."""
     batch_size: int | None = Field(default=None, ge=1)
@@ -372,55 +372,13 @@ def resolve_paths(cfg: TrainConfig, base: str | os.PathLike | None = None) -> Tr
 
 def check_stores(cfg: TrainConfig) -> None:
     """Fail before starting Ray Train if a store is missing, listing all of them."""
-    import fsspec
-
     missing = []
     for d in cfg.data.datasets:
         url = store_url(cfg, d)
-        fs, p = fsspec.core.url_to_fs(url, **(cfg.data.storage_options if _is_url(url) else {}))
-        if not (fs.exists(f"{p}/zarr.json") or fs.exists(f"{p}/.zgroup")):
+        # Something that is there but not a store is StoreReader's error to name, with the reason.
+        if st.existing_format(url, cfg.data.storage_options if _is_url(url) else None) is None:
             missing.append(f"  {d.name}: {url}")
     if missing:
         raise ConfigError("missing stores (build them with `make sample-data ingest DATASET=<name>` "
                           "or point data.root / data.datasets.<name>.store elsewhere):\n"
                           + "\n".join(missing))
-
-
-# --------------------------------------------------------------------------------- flattening
-SECRET_MARKERS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
-
-
-def is_secret(name: str) -> bool:
-    n = name.lower()
-    return any(m in n for m in SECRET_MARKERS)
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts/lists -> ``{"a.b.0.c": v}``; named list entries use their name."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, BaseModel):
-        obj = obj.model_dump(mode="json")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(obj, (list, tuple)) and obj and all(isinstance(x, dict) for x in obj):
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}{v.get('name', i)}."))
-    else:
-        out[prefix[:-1]] = obj
-    return out
-
-
-def entrypoint_parser(prog: str, doc: str | None, config_help: str) -> "argparse.ArgumentParser":
-    """The command line every ray_jobs entrypoint shares: ``--config`` and repeatable ``--set``."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0])
-    p.add_argument("--config", required=True, help=config_help)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a dotted config key; the value is parsed as YAML (repeatable)")
-    return p
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

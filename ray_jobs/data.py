@@ -1,11 +1,7 @@
 """Training data: stores -> Ray Data streams -> per-dataset model batches.
 
-Layout of the work:
+Layout of the work, given a :class:`ray_jobs.plan.DataPlan` per dataset (resolved once in the driver):
 
-* :func:`resolve_plans` (driver, once): open every store, merge the config entry with the dataset
-  registry (batch size, weight, patch sizes, sensors) and pull out what the loader needs from the
-  store attrs (per-band statistics, stored band names, tile size). Plans are plain dicts so they
-  travel to the workers inside the train-loop config.
 * :class:`StoreStream` (one per (store, split) on each rank): a Ray Dataset whose rows are shard
   ranges of the store; a read task fetches one range through :class:`pipelines.store.StoreReader`
   (one GET per array and shard, never the whole store), keeps this split and this rank's tiles,
@@ -29,183 +25,25 @@ import logging
 from typing import Any, Iterator
 
 import numpy as np
+import ray.data
+import torch
 
-from anysat.sensors import get_sensor
-from ray_jobs.config import TrainConfig, store_url
+from pipelines.store import StoreReader
+from ray_jobs.plan import DataPlan, Split, bands_float
 
-__all__ = ["resolve_plans", "StoreStream", "ReadRange", "collate", "convert_dates", "stream_items",
-           "tokens_per_sample", "preview_figure", "store_versions", "split_aliases", "store_splits", "has_split"]
-
-log = logging.getLogger(__name__)
+__all__ = ["StoreStream", "ReadRange", "collate", "convert_dates", "stream_items", "item_tiles", "quiet_ray_data"]
 
 _EPOCH = np.datetime64("1970-01-01", "D")
 
 
-# ---------------------------------------------------------------------------------------------- plans
-def resolve_plans(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
-    """Dataset name -> plan (plain dict). Raises ValueError with the dataset named on any mismatch."""
-    from pipelines.datasets import get_dataset
-    from pipelines.store import StoreReader
-
-    plans: dict[str, dict[str, Any]] = {}
-    for e in cfg.data.datasets:
-        spec = get_dataset(e.name)
-        url = store_url(cfg, e)
-        so = cfg.data.storage_options if "://" in url else {}
-        reader = StoreReader(url, so)
-        stored = reader.sensors
-        sensors = list(e.sensors) if e.sensors else [s for s in spec.model_sensors if s in stored]
-        missing = [s for s in sensors if s not in stored]
-        if missing or not sensors:
-            raise ValueError(f"{e.name}: sensors {missing or sensors} not in store {url} (stored: {stored})")
-        splits = reader.split_names()
-        aliases = split_aliases(e.name, splits)
-        train_splits = _check_split(aliases, splits, e.split, e.name, url)
-        tile_m = float(reader.attrs.get("tile_m", spec.tile_m))
-        patch_sizes = list(e.patch_sizes_m or reader.attrs.get("patch_sizes_m") or spec.patch_sizes_m)
-        bad = [p for p in patch_sizes if tile_m % p]
-        if bad:
-            raise ValueError(f"{e.name}: patch sizes {bad} do not divide the {tile_m:g} m tile")
-        sensor_plans = {}
-        for s in sensors:
-            info = reader.sensor_info(s)
-            sensor_plans[s] = _sensor_plan(reader, s, info, e.name, train_splits)
-            if e.crop.get(s) and e.crop[s] > min(info["height"], info["width"]):
-                raise ValueError(f"{e.name}: crop {e.crop[s]} px larger than the {s} image")
-        unknown_crop = sorted(set(e.crop) - set(sensors))
-        if unknown_crop:
-            raise ValueError(f"{e.name}: crop given for sensors not used: {unknown_crop}")
-        plans[e.name] = {
-            "name": e.name, "url": url, "storage_options": dict(so), "split": e.split,
-            "val_split": e.val_split if e.val_split is not None and _has(aliases, splits, e.val_split) else None,
-            "split_aliases": aliases, "store_splits": splits,
-            "batch_size": int(e.batch_size or spec.batch_size), "weight": float(e.weight or spec.weight),
-            "patch_sizes_m": [int(p) for p in patch_sizes], "tile_m": tile_m, "sensors": sensor_plans,
-            "temporal_dropout": e.temporal_dropout, "crop": {k: int(v) for k, v in e.crop.items()},
-            "date_origin": e.date_origin, "n_tiles": len(reader),
-            "n_split": int(len(reader.split_indices(train_splits))),
-            "tiles_per_shard": reader.tiles_per_shard,
-            "format_version": reader.attrs.get("format_version"),
-            "provenance": _short_provenance(reader.attrs.get("provenance")),
-        }
-        if plans[e.name]["n_split"] < cfg.num_workers:
-            raise ValueError(f"{e.name}: split {e.split!r} has {plans[e.name]['n_split']} tiles, fewer than "
-                             f"the {cfg.num_workers} workers")
-    return plans
-
-
-# --------------------------------------------------------------------------------------------- splits
-def split_aliases(dataset: str, stored: list[str]) -> dict[str, list[str]]:
-    """Split name -> the store's ``tiles/split`` values it stands for.
-
-    Every stored split stands for itself; the registry's ``extra["split_folds"]`` adds logical names
-    (PASTIS-HD: ``train`` = fold1-3, ``val`` = fold4, ``test`` = fold5) whose folds are all stored.
-    A stored split of the same name wins over an alias."""
-    from pipelines.datasets import get_dataset
-
-    out = {s: [s] for s in stored}
-    folds = (get_dataset(dataset).extra or {}).get("split_folds") or {}
-    for name, parts in folds.items():
-        if name not in out and parts and all(p in stored for p in parts):
-            out[name] = list(parts)
-    return out
-
-
-def store_splits(plan: dict, split: str | list[str]) -> list[str]:
-    """A config's split (a name, alias or not, or an explicit list of stored splits) -> stored splits."""
-    if not isinstance(split, str):
-        return list(split)
-    return list(plan.get("split_aliases", {}).get(split, [split]))
-
-
-def _has(aliases: dict, stored: list[str], split: str | list[str]) -> bool:
-    if isinstance(split, str):
-        return split in aliases
-    return bool(split) and all(s in stored for s in split)
-
-
-def has_split(plan: dict, split: str | list[str] | None) -> bool:
-    """Whether ``split`` (name, alias or list) resolves to stored splits of the plan's store."""
-    return split is not None and _has(plan.get("split_aliases", {}), plan.get("store_splits", []), split)
-
-
-def _check_split(aliases: dict, stored: list[str], split, dataset: str, url: str) -> list[str]:
-    if not _has(aliases, stored, split):
-        extra = sorted(set(aliases) - set(stored))
-        raise ValueError(f"{dataset}: split {split!r} not in store {url} (splits: {stored}"
-                         + (f"; aliases: {extra}" if extra else "") + ")")
-    return aliases[split] if isinstance(split, str) else list(split)
-
-
-def _short_provenance(p: Any) -> dict:
-    if not isinstance(p, dict):
-        return {}
-    return {k: v for k, v in p.items() if isinstance(v, (str, int, float)) and len(str(v)) < 200}
-
-
-def _sensor_plan(reader, key: str, info: dict, dataset: str, split: list[str]) -> dict[str, Any]:
-    """Model bands of ``key``, where each comes from (stored index or derived), and its mean/std."""
-    sensor = get_sensor(key)
-    stored_bands = list(info["bands"])
-    st = reader.stats(key) if key in reader.attrs.get("stats", {}) else None
-    derived = {d.name: d for d in sensor.derived}
-    bands, mean, std = [], [], []
-    need_estimate = []
-    for b in sensor.bands:
-        if b in stored_bands:
-            i = stored_bands.index(b)
-            bands.append({"name": b, "index": i})
-            m = float(st["mean"][i]) if st is not None else np.nan
-            s = float(st["std"][i]) if st is not None else np.nan
-        elif b in derived:
-            d = derived[b]
-            if d.numerator not in stored_bands or d.denominator not in stored_bands:
-                raise ValueError(f"{dataset}: cannot derive {key} band {b!r} from stored bands {stored_bands}")
-            bands.append({"name": b, "num": stored_bands.index(d.numerator),
-                          "den": stored_bands.index(d.denominator), "eps": d.eps, "clip": d.clip})
-            m = s = np.nan
-            need_estimate.append(len(bands) - 1)
-        else:
-            raise ValueError(f"{dataset}: store lacks {key} band {b!r} (stored: {stored_bands})")
-        mean.append(m)
-        std.append(s)
-    plan = {"key": key, "bands": bands, "time_series": bool(sensor.time_series),
-            "context": bool(sensor.context), "t_max": int(info["t_max"]), "height": int(info["height"]),
-            "width": int(info["width"]), "has_mask": bool(info.get("mask_channels")),
-            "mean": mean, "std": std}
-    if need_estimate or any(not np.isfinite(x) for x in mean + std):
-        # Derived bands (and stores written without stats) get statistics from the first train shard:
-        # deterministic, identical on every rank, and one shard read per dataset at start-up.
-        lo, hi = reader.shard_ranges()[0]
-        block = reader.read(lo, hi, [key], labels=False, tiles=True)
-        keep = np.isin(block["tiles/split"], split)
-        x = _bands_float(block[f"{key}/data"][keep], plan)
-        valid = block[f"{key}/dates"][keep] >= 0 if plan["time_series"] else np.ones(x.shape[:2], bool)
-        vals = np.moveaxis(x[valid], 1, 0).reshape(len(bands), -1) if valid.any() else None
-        for i in range(len(bands)):
-            if not (np.isfinite(plan["mean"][i]) and np.isfinite(plan["std"][i])):
-                if vals is None or not vals.shape[1]:
-                    plan["mean"][i], plan["std"][i] = 0.0, 1.0
-                else:
-                    v = vals[i][np.isfinite(vals[i])]
-                    plan["mean"][i], plan["std"][i] = float(v.mean()), float(v.std())
-    plan["std"] = [s if s > 0 else 1.0 for s in plan["std"]]
-    return plan
-
-
-def store_versions(plans: dict[str, dict]) -> dict[str, Any]:
-    """Params describing the data (logged to MLflow): format version, size, provenance per store."""
-    out: dict[str, Any] = {}
-    for name, p in plans.items():
-        pre = f"store.{name}."
-        out[pre + "url"] = p["url"]
-        out[pre + "format_version"] = p["format_version"]
-        out[pre + "n_tiles"] = p["n_tiles"]
-        out[pre + "n_train"] = p["n_split"]
-        out[pre + "sensors"] = ",".join(p["sensors"])
-        for k, v in p["provenance"].items():
-            out[pre + "provenance." + k] = v
-    return out
+def quiet_ray_data() -> None:
+    """No progress bars and one line per execution at most: a stream starts an execution per chunk
+    of epochs, and Ray Data's default chatter would drown the training log."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 # ---------------------------------------------------------------------------------------------- dates
@@ -237,20 +75,17 @@ class ReadRange:
     splits. ``label`` (a store label array) adds a ``label`` column; dense labels are cropped with
     the image crops' offsets."""
 
-    def __init__(self, plan: dict[str, Any], split: str | list[str], train: bool, seed: int,
-                 label: str | None = None):
+    def __init__(self, plan: DataPlan, split: Split, train: bool, seed: int, label: str | None = None):
         self.plan, self.split, self.train, self.seed = plan, split, train, seed
-        self.splits = store_splits(plan, split)
+        self.splits = plan.resolve_split(split)
         self.label = label
         self._crops: dict[str, tuple] = {}
         self._reader = None
 
     @property
-    def reader(self):
-        if self._reader is None:
-            from pipelines.store import StoreReader
-
-            self._reader = StoreReader(self.plan["url"], self.plan["storage_options"])
+    def reader(self) -> StoreReader:
+        if self._reader is None:  # opened in the read task's process, not pickled with the function
+            self._reader = StoreReader(self.plan.url, self.plan.storage_options)
         return self._reader
 
     def __getstate__(self):
@@ -266,23 +101,23 @@ class ReadRange:
         plan = self.plan
         start, stop = int(item["start"]), int(item["stop"])
         self._crops = {}
-        block = self.reader.read(start, stop, list(plan["sensors"]), labels=False, tiles=True)
+        block = self.reader.read(start, stop, list(plan.sensors), labels=False, tiles=True)
         idx = np.flatnonzero(np.isin(block["tiles/split"], self.splits))
         epoch = int(item["epoch"])
         if self.train:
-            idx = np.random.default_rng(_seed(self.seed, plan["name"], epoch, start)).permutation(idx)
+            idx = np.random.default_rng(_seed(self.seed, plan.name, epoch, start)).permutation(idx)
         idx = idx[int(item["offset"])::int(item["stride"])][int(item["skip"]):]
         out: dict[str, np.ndarray] = {"tile": (start + idx).astype(np.int64)}
-        for key, sp in plan["sensors"].items():
+        for key, sp in plan.sensors.items():
             data = block[f"{key}/data"][idx]
             dates = block[f"{key}/dates"][idx]
-            mask = block[f"{key}/mask"][idx] if sp["has_mask"] else None
-            crop = plan["crop"].get(key)
+            mask = block[f"{key}/mask"][idx] if sp.has_mask else None
+            crop = plan.crop.get(key)
             if crop:
                 data, mask = self._crop(data, mask, crop, start + idx, key, epoch)
-            if sp["time_series"]:
+            if sp.time_series:
                 data, dates, mask = self._subsample(data, dates, mask, start + idx, key, epoch)
-                dates = convert_dates(dates, plan["date_origin"])
+                dates = convert_dates(dates, plan.date_origin)
             out[f"{key}/data"] = data
             out[f"{key}/dates"] = dates
             if mask is not None:
@@ -323,13 +158,13 @@ class ReadRange:
                 for i in range(len(y)):
                     out[i] = y[i, ys[i] * r:(ys[i] + size) * r, xs[i] * r:(xs[i] + size) * r]
                 return out
-        raise ValueError(f"{self.plan['name']}: label {self.label!r} ({H}x{W} px) matches none of the cropped "
+        raise ValueError(f"{self.plan.name}: label {self.label!r} ({H}x{W} px) matches none of the cropped "
                          f"images {[(k, c[0], c[1]) for k, c in self._crops.items()]}")
 
     def _subsample(self, data, dates, mask, tiles, key, epoch):
         """Keep a random subset of the valid dates (train only), in time order, moved to the front;
         the rest of the axis is padding (date -1). Later, collate trims to the batch's longest series."""
-        td = self.plan["temporal_dropout"]
+        td = self.plan.temporal_dropout
         out_d = np.zeros_like(data)
         out_t = np.full_like(dates, -1)
         out_m = None if mask is None else np.zeros_like(mask)
@@ -349,7 +184,7 @@ class ReadRange:
         return out_d, out_t, out_m
 
 
-def stream_items(plan: dict, split: str, train: bool, rank: int, world: int, seed: int, epoch: int,
+def stream_items(plan: DataPlan, split: Split, train: bool, rank: int, world: int, seed: int, epoch: int,
                  skip_tiles: int = 0) -> list[dict[str, int]]:
     """Work items (shard ranges) of one epoch for one rank, in reading order.
 
@@ -358,11 +193,11 @@ def stream_items(plan: dict, split: str, train: bool, rank: int, world: int, see
     instead (every rank reads every shard and keeps every ``world``-th tile). ``skip_tiles`` drops
     the first tiles of the epoch (resume mid-epoch) without reading the shards they fill.
     """
-    n, tps = plan["n_tiles"], plan["tiles_per_shard"]
+    n, tps = plan.n_tiles, plan.tiles_per_shard
     ranges = [(s, min(s + tps, n)) for s in range(0, n, tps)]
     order = np.arange(len(ranges))
     if train:
-        order = np.random.default_rng(_seed(seed, plan["name"], "shards", epoch)).permutation(order)
+        order = np.random.default_rng(_seed(seed, plan.name, "shards", epoch)).permutation(order)
     if len(ranges) >= world:
         mine, offset, stride = order[rank::world], 0, 1
     else:
@@ -372,7 +207,7 @@ def stream_items(plan: dict, split: str, train: bool, rank: int, world: int, see
         a, b = ranges[int(j)]
         items.append({"start": a, "stop": b, "epoch": epoch, "offset": offset, "stride": stride, "skip": 0})
     if skip_tiles and items:
-        counts = _split_counts(plan, split, items)
+        counts = item_tiles(plan, split, items)
         while items and skip_tiles >= counts[0]:
             skip_tiles -= counts.pop(0)
             items.pop(0)
@@ -381,16 +216,11 @@ def stream_items(plan: dict, split: str, train: bool, rank: int, world: int, see
     return items
 
 
-def _split_counts(plan: dict, split: str, items: list[dict]) -> list[int]:
-    from pipelines.store import StoreReader
-
-    splits = StoreReader(plan["url"], plan["storage_options"]).splits()
-    names = store_splits(plan, split)
-    out = []
-    for it in items:
-        k = int(np.isin(splits[it["start"]:it["stop"]], names).sum())
-        out.append(len(range(it["offset"], k, it["stride"])))
-    return out
+def item_tiles(plan: DataPlan, split: Split, items: list[dict[str, int]]) -> list[int]:
+    """Tiles of ``split`` each work item yields (before ``skip``), from the plan's shard counts."""
+    per_shard = plan.shard_counts(split)
+    return [len(range(it["offset"], int(per_shard[it["start"] // plan.tiles_per_shard]), it["stride"]))
+            for it in items]
 
 
 class StoreStream:
@@ -405,23 +235,21 @@ class StoreStream:
 
     MIN_ITEMS = 16
 
-    def __init__(self, plan: dict, split: str | list[str], *, train: bool, rank: int, world: int, seed: int,
+    def __init__(self, plan: DataPlan, split: Split, *, train: bool, rank: int, world: int, seed: int,
                  read_num_cpus: float = 0.25, prefetch_batches: int = 1, label: str | None = None):
         self.plan, self.split, self.train, self.label = plan, split, train, label
         self.rank, self.world, self.seed = rank, world, seed
         self.read_num_cpus = read_num_cpus
         self.prefetch_batches = prefetch_batches
-        self.batch_size = int(plan["batch_size"])
+        self.batch_size = int(plan.batch_size)
         items = stream_items(plan, split, train, rank, world, seed, 0)
-        self.tiles_per_epoch = sum(_split_counts(plan, split, items))
+        self.tiles_per_epoch = sum(item_tiles(plan, split, items))
         if self.tiles_per_epoch == 0:
-            raise ValueError(f"{plan['name']}/{split}: rank {rank} of {world} gets no tiles")
+            raise ValueError(f"{plan.name}/{split}: rank {rank} of {world} gets no tiles")
         self.epochs_per_dataset = max(1, -(-self.MIN_ITEMS // max(1, len(items))))
         self.batches_per_epoch = self.tiles_per_epoch / self.batch_size  # may be fractional
 
-    def dataset(self, epoch: int, skip_tiles: int = 0, epochs: int = 1):
-        import ray.data
-
+    def dataset(self, epoch: int, skip_tiles: int = 0, epochs: int = 1) -> ray.data.Dataset:
         items = []
         for e in range(epoch, epoch + epochs):
             items += stream_items(self.plan, self.split, self.train, self.rank, self.world, self.seed, e,
@@ -476,94 +304,44 @@ def _take(buf: list[dict[str, np.ndarray]], k: int) -> dict[str, np.ndarray]:
 
 
 # -------------------------------------------------------------------------------------------- collate
-def _bands_float(x: np.ndarray, sp: dict) -> np.ndarray:
-    """Raw stored bands (..., C_stored, H, W) -> float32 model bands incl. derived ratios."""
-    x = x.astype(np.float32, copy=False)
-    cols = []
-    for b in sp["bands"]:
-        if "index" in b:
-            cols.append(x[..., b["index"], :, :])
-        else:
-            r = x[..., b["num"], :, :] / (x[..., b["den"], :, :] + b["eps"])
-            cols.append(np.clip(r, -b["clip"], b["clip"]))
-    return np.stack(cols, axis=-3)
-
-
 def _finite(v: np.ndarray) -> np.ndarray:
     """Nodata (NaN/inf in SAR archives; the validity mask marks those pixels) -> 0, i.e. the band mean:
     one NaN would otherwise poison a whole batch through the temporal attention."""
     return np.nan_to_num(v, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def collate(batch: dict[str, np.ndarray], plan: dict, device=None) -> tuple[dict, dict]:
+def collate(batch: dict[str, np.ndarray], plan: DataPlan, device: torch.device | None = None
+            ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Numpy batch of one dataset -> (model inputs, padding masks), as torch tensors.
 
     Inputs follow the AnySat convention: ``<sensor>`` ``B×C×H×W`` (single date) or ``B×T×C×H×W``,
     ``<sensor>_dates`` ``B×T`` (0 at padded steps) and ``<sensor>_mask`` (validity, where the store has
     one). ``pad_mask[<sensor>]`` is ``B×T`` bool, True = padded step (time series only). The time axis
     is cut to the longest series in the batch."""
-    import torch
-
-    x: dict[str, Any] = {}
-    pad: dict[str, Any] = {}
-    for key, sp in plan["sensors"].items():
+    x: dict[str, torch.Tensor] = {}
+    pad: dict[str, torch.Tensor] = {}
+    for key, sp in plan.sensors.items():
         data = batch[f"{key}/data"]
-        mean = np.asarray(sp["mean"], np.float32)[:, None, None]
-        std = np.asarray(sp["std"], np.float32)[:, None, None]
-        if sp["time_series"]:
+        mean = np.asarray(sp.mean, np.float32)[:, None, None]
+        std = np.asarray(sp.std, np.float32)[:, None, None]
+        if sp.time_series:
             dates = batch[f"{key}/dates"]
             valid = dates >= 0
             t = max(1, int(valid.sum(axis=1).max()))
             data, dates, valid = data[:, :t], dates[:, :t], valid[:, :t]
-            v = _finite((_bands_float(data, sp) - mean) / std)
+            v = _finite((bands_float(data, sp) - mean) / std)
             v[~valid] = 0.0  # padded steps are zeros, as in the official collate
             x[key] = torch.from_numpy(np.ascontiguousarray(v))
             x[f"{key}_dates"] = torch.from_numpy(np.where(valid, dates, 0).astype(np.int64))
             pad[key] = torch.from_numpy(~valid)
-            if sp["has_mask"]:
+            if sp.has_mask:
                 x[f"{key}_mask"] = torch.from_numpy(np.ascontiguousarray(batch[f"{key}/mask"][:, :t]))
         else:
-            v = _finite((_bands_float(data[:, 0], sp) - mean) / std)
+            v = _finite((bands_float(data[:, 0], sp) - mean) / std)
             x[key] = torch.from_numpy(np.ascontiguousarray(v))
-            if sp["has_mask"]:
+            if sp.has_mask:
                 x[f"{key}_mask"] = torch.from_numpy(np.ascontiguousarray(batch[f"{key}/mask"][:, 0]))
     if device is not None:
         x = {k: v.to(device, non_blocking=True) for k, v in x.items()}
         pad = {k: v.to(device, non_blocking=True) for k, v in pad.items()}
     return x, pad
-
-
-def tokens_per_sample(plan: dict, patch_size_m: int) -> int:
-    """Combiner tokens per sample: one per patch and sensor, plus one per context sensor (MODIS)."""
-    n = int(plan["tile_m"] // patch_size_m) ** 2
-    ctx = sum(1 for s in plan["sensors"].values() if s["context"])
-    return n * (len(plan["sensors"]) - ctx) + ctx
-
-
-# -------------------------------------------------------------------------------------------- preview
-def preview_figure(x: dict, plan: dict, n: int = 4):
-    """One row per sensor, ``n`` samples: first valid date, first three bands, 2-98 % stretch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(plan["sensors"])
-    b = int(next(iter(x.values())).shape[0])
-    n = min(n, b)
-    fig, axes = plt.subplots(len(keys), n, figsize=(2.2 * n, 2.2 * len(keys)), squeeze=False)
-    for r, key in enumerate(keys):
-        v = x[key].float().cpu().numpy()
-        for c in range(n):
-            img = v[c, 0] if v.ndim == 5 else v[c]
-            img = img[:3] if img.shape[0] >= 3 else np.repeat(img[:1], 3, axis=0)
-            img = np.moveaxis(img, 0, -1)
-            lo, hi = np.percentile(img, [2, 98]) if img.size > 1 else (img.min(), img.max() + 1)
-            axes[r, c].imshow(np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1), interpolation="nearest")
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
-            if c == 0:
-                axes[r, c].set_ylabel(f"{key}\n{tuple(v.shape[1:])}", fontsize=7)
-    fig.suptitle(f"{plan['name']}: batch {b}, normalised inputs", fontsize=9)
-    fig.tight_layout()
-    return fig

@@ -9,7 +9,7 @@ The model comes from the fine-tuning checkpoint (default ``<storage_path>/<name>
 with ``--encoder-only`` straight from the config's ``encoder`` section (scratch / pretraining
 checkpoint / MLflow / official weights) — embeddings of a pretrained encoder need no fine-tuning.
 
-Pipeline: the training service's read tasks (:class:`ray_jobs.data.ReadRange`: one shard range per
+Pipeline: the training streams' read tasks (:class:`ray_jobs.data.ReadRange`: one shard range per
 task, evaluation crops, no temporal dropout) -> ``map_batches`` on an actor pool (:class:`Predictor`,
 model loaded once per actor from the object store) -> the driver collects rows per output shard and
 writes each shard once it is complete (:func:`pipelines.store.write_block`), so memory holds only
@@ -20,28 +20,31 @@ Output store ``<out>/<dataset>.zarr``: the input's ``n_tiles``, ``tiles_per_shar
 single-date "sensor" so any store reader understands them: ``anysat-tile/data`` ``(N, 1, D, 1, 1)``
 (resolution = the tile) or ``anysat-patch/data`` ``(N, 1, D, n, n)`` (resolution = the patch size), both
 float32; segmentation maps as ``labels/<label>`` ``(N, H, W)`` int16 class indices (-1 = not
-predicted), with the task's classes and ignore index in the array attributes. Root attrs ``embedding``
-describe the model and options.
+predicted), with the task's classes and ignore index in the array attributes. The root attribute
+``embedding`` (:class:`pipelines.store.EmbeddingMeta`) describes the model and options.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 import time
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
+import ray
+import ray.data
 import torch
 
-from ray_jobs.config import entrypoint_parser, setup_logging
+from anysat import AnySat
+from pipelines import store as st
+from ray_jobs.cli import entrypoint_parser, run_cli, script
+from ray_jobs.data import ReadRange, collate, quiet_ray_data, stream_items
+from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask
+from ray_jobs.plan import DataPlan
+from ray_jobs.runtime import init_ray
+from ray_jobs.task import load_encoder, load_finetuned, model_from_state, prepare_task
 
-__all__ = ["main", "Predictor", "run_embed"]
-
-log = logging.getLogger(__name__)
+__all__ = ["main", "Predictor"]
 
 OUTPUTS = ("tile", "patch", "segmentation")
 
@@ -49,13 +52,7 @@ OUTPUTS = ("tile", "patch", "segmentation")
 class Predictor:
     """Ray Data actor: numpy rows of the read tasks -> ``{"tile", "value"}``."""
 
-    def __init__(self, model_spec: dict, plan: dict, output: str, patch_size_m: int, use_gpu: bool = False):
-        import ray
-
-        from anysat import AnySat
-        from ray_jobs.finetune import model_from_state
-        from ray_jobs.finetune_config import ResolvedTask
-
+    def __init__(self, model_spec: dict, plan: DataPlan, output: str, patch_size_m: int, use_gpu: bool = False):
         spec = ray.get(model_spec["ref"]) if "ref" in model_spec else model_spec
         attention = spec.get("attention") or "tokens"
         if spec["kind"] == "finetuned":
@@ -71,8 +68,6 @@ class Predictor:
         self.plan, self.output, self.patch = plan, output, int(patch_size_m)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ray_jobs.data import collate
-
         x, pad = collate(batch, self.plan, self.device)
         with torch.inference_mode():
             if self.output == "segmentation":
@@ -83,64 +78,86 @@ class Predictor:
         return {"tile": batch["tile"], "value": y.cpu().numpy()}
 
 
-def _model_spec(args, cfg, plan, task) -> tuple[dict, str]:
-    """(model spec for the actors, description). Loads the weights once, in the driver."""
-    from ray_jobs.finetune import load_encoder, load_finetuned
+@dataclass(frozen=True)
+class _Job:
+    args: argparse.Namespace
+    cfg: FinetuneConfig
+    plan: DataPlan
+    task: ResolvedTask
+    """The checkpoint's task for a fine-tuned model, else the config's."""
+    splits: tuple[str, ...]
+    """Stored splits to run on."""
+    model_spec: dict
+    description: str
+    out_url: str
 
+
+def _model_spec(args: argparse.Namespace, cfg: FinetuneConfig, plan: DataPlan,
+                task: ResolvedTask) -> tuple[dict, str]:
+    """(model spec for the actors, description). Loads the weights once, in the driver."""
     attention = cfg.encoder.attention or cfg.model.kwargs.get("attention")
     if args.encoder_only:
         torch.manual_seed(cfg.seed)  # a scratch encoder is then the same one the fine-tuning job starts from
-        enc = load_encoder(cfg, list(plan["sensors"]))
+        enc = load_encoder(cfg, list(plan.sensors))
         return ({"kind": "encoder", "state": enc.state_dict(), "attention": attention or enc.attention},
                 f"encoder {cfg.encoder.source} {cfg.encoder.uri or cfg.model.size}")
     ck = load_finetuned(args.checkpoint or f"{cfg.storage_path.rstrip('/')}/{cfg.name}", cfg.storage_options,
                         task, args.weights)
-    sd, task, step, state_file = ck["state"], ck["task"], ck["step"], ck["file"]
-    return ({"kind": "finetuned", "state": sd, "task": task.model_dump(), "attention": attention},
-            f"fine-tuned {state_file} ({args.weights} weights, step {step})")
+    return ({"kind": "finetuned", "state": ck["state"], "task": ck["task"].model_dump(), "attention": attention},
+            f"fine-tuned {ck['file']} ({args.weights} weights, step {ck['step']})")
 
 
-def _layout(reader, plan, task, output: str, dim: int | None, hw: tuple[int, int] | None, label: str):
-    from pipelines.store import LabelLayout, SensorLayout, StoreLayout
-
-    sensors, labels = {}, {}
-    if output == "segmentation":
-        labels[label] = LabelLayout(label, "segmentation", list(task.classes), list(hw), "int16", ignore_index=None)
-    else:
-        n = 1 if output == "tile" else int(round(plan["tile_m"] / task.patch_size_m))
-        res = plan["tile_m"] if output == "tile" else float(task.patch_size_m)
-        key = f"anysat-{output}"
-        sensors[key] = SensorLayout(key, 1, dim, n, n, "float32", [f"e{i}" for i in range(dim)], res, False)
-    return StoreLayout(reader.dataset, len(reader), reader.tiles_per_shard, sensors, labels)
-
-
-def run_embed(args, cfg, plan, task, splits: list[str]) -> dict[str, Any]:
-    import ray
-
-    from pipelines import store as st
-    from ray_jobs.data import ReadRange, stream_items
-    from ray_jobs.train import quiet_ray_data
-
-    quiet_ray_data()
-    reader = st.StoreReader(plan["url"], plan["storage_options"])
-    out_url = args.out if args.out.rstrip("/").endswith(".zarr") else st.store_url(args.out, reader.dataset)
-    if out_url.rstrip("/") == plan["url"].rstrip("/"):
+def _prepare(args: argparse.Namespace) -> _Job:
+    cfg, plan, task = prepare_task(args.config, args.overrides)
+    splits = args.splits.split(",") if args.splits else plan.stored_splits
+    bad = [s for s in splits if not plan.has_split(s)]
+    if bad:
+        raise ValueError(f"splits {bad} not in the store (splits: {sorted(plan.split_aliases)})")
+    # aliases (PASTIS-HD train = fold1-3) -> the stored splits, each once
+    stored = tuple(dict.fromkeys(n for s in splits for n in plan.resolve_split(s)))
+    out_url = args.out if args.out.rstrip("/").endswith(".zarr") else st.store_url(args.out, plan.name)
+    if out_url.rstrip("/") == plan.url.rstrip("/"):
         raise ValueError("--out would overwrite the input store")
     spec, desc = _model_spec(args, cfg, plan, task)
     if args.output == "segmentation" and spec["kind"] != "finetuned":
         raise ValueError("--output segmentation needs a fine-tuned checkpoint (not --encoder-only)")
     if spec["kind"] == "finetuned":
-        from ray_jobs.finetune_config import ResolvedTask
-
         task = ResolvedTask.model_validate(spec["task"])
         if args.output == "segmentation" and task.kind != "segmentation":
             raise ValueError(f"the checkpoint's task is {task.kind}, not segmentation")
-    ref = ray.put(spec)
-    plan = dict(plan, batch_size=args.batch_size or plan["batch_size"])
+    if not plan.shard_counts(stored).any():
+        raise ValueError(f"no tiles in splits {list(stored)}")
+    return _Job(args, cfg, plan, task, stored, spec, desc, out_url)
+
+
+def _layout(source: st.StoreMeta, plan: DataPlan, task: ResolvedTask, output: str, first: np.ndarray,
+            label: str | None) -> st.StoreLayout:
+    """The output store's arrays, sized by the first result block ``first``."""
+    sensors, labels = {}, {}
+    if output == "segmentation":
+        labels[label] = st.LabelLayout(label, "segmentation", list(task.classes), list(first.shape[-2:]), "int16",
+                                       ignore_index=None)
+    else:
+        dim = int(first.shape[1])
+        n = 1 if output == "tile" else int(round(plan.tile_m / task.patch_size_m))
+        res = plan.tile_m if output == "tile" else float(task.patch_size_m)
+        key = f"anysat-{output}"
+        sensors[key] = st.SensorLayout(key, 1, dim, n, n, "float32", [f"e{i}" for i in range(dim)], res, False)
+    return st.StoreLayout(source.dataset, source.n_tiles, source.tiles_per_shard, sensors, labels)
+
+
+def _run(job: _Job) -> int:
+    args, cfg, plan, task = job.args, job.cfg, job.plan, job.task
+    init_ray(log_to_driver=False)
+    quiet_ray_data()
+    t0 = time.perf_counter()
+    reader = st.StoreReader(plan.url, plan.storage_options)
+    ref = ray.put(job.model_spec)
+    plan = plan.replace(batch_size=args.batch_size or plan.batch_size)
 
     # one dataset over every selected split; each read task keeps one split of one shard range
     parts = []
-    for split in splits:
+    for split in job.splits:
         items = stream_items(plan, split, False, 0, 1, cfg.seed, 0)
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         parts.append(ds.map_batches(ReadRange(plan, split, False, cfg.seed), batch_size=1, batch_format="numpy",
@@ -150,39 +167,29 @@ def run_embed(args, cfg, plan, task, splits: list[str]) -> dict[str, Any]:
                                                           "output": args.output,
                                                           "patch_size_m": task.patch_size_m,
                                                           "use_gpu": cfg.use_gpu},
-                        batch_size=plan["batch_size"], batch_format="numpy", concurrency=args.concurrency,
+                        batch_size=plan.batch_size, batch_format="numpy", concurrency=args.concurrency,
                         num_cpus=args.num_cpus, num_gpus=1 if cfg.use_gpu else 0)
 
     # expected tiles per output shard, so a shard is written as soon as all its rows arrived
-    all_splits = reader.splits()
-    wanted = np.isin(all_splits, splits)
-    tps, n = reader.tiles_per_shard, len(reader)
-    expected = {s: int(wanted[s * tps:min(n, (s + 1) * tps)].sum()) for s in range((n + tps - 1) // tps)}
-    pending: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    expected = dict(enumerate(int(c) for c in plan.shard_counts(job.splits)))
+    ids, all_splits, tps = reader.ids(), reader.splits(), plan.tiles_per_shard
+    so = cfg.data.storage_options if st.is_remote(job.out_url) else None
+    pending: dict[int, list[tuple[int, np.ndarray]]] = {}
     got: dict[int, int] = {}
-    ids = reader.ids()
-    root, layout, written, t0 = None, None, 0, time.perf_counter()
+    root, layout, meta, written = None, None, None, 0
     label = f"{task.label}_pred" if args.output == "segmentation" else None
     for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
         tiles, vals = block["tile"], block["value"]
         if not len(tiles):
             continue
         if root is None:  # the shapes are known from the first result
-            dim = int(vals.shape[1]) if args.output != "segmentation" else None
-            hw = tuple(vals.shape[-2:]) if args.output == "segmentation" else None
-            layout = _layout(reader, plan, task, args.output, dim, hw, label)
-            attrs = {"format": st.FORMAT, "format_version": st.FORMAT_VERSION, "dataset": reader.dataset,
-                     "task": reader.attrs.get("task"), "tile_m": plan["tile_m"], "n_tiles": n,
-                     "tiles_per_shard": tps, "n_shards": layout.n_shards, "status": "incomplete",
-                     "sensors": {k: {"bands": v.bands, "resolution_m": v.resolution_m, "time_series": False,
-                                     "t_max": 1, "channels": v.channels, "height": v.height, "width": v.width,
-                                     "dtype": v.dtype, "mask_channels": None} for k, v in layout.sensors.items()},
-                     "labels": {k: {"task": v.task, "classes": v.classes, "ignore_index": v.ignore_index,
-                                    "shape": v.shape, "dtype": v.dtype} for k, v in layout.labels.items()},
-                     "embedding": {"source_store": plan["url"], "model": desc, "output": args.output,
-                                   "patch_size_m": task.patch_size_m, "splits": list(splits),
-                                   "sensors": list(plan["sensors"])}}
-            root = st.create_store(out_url, layout, attrs, cfg.data.storage_options if st.is_remote(out_url) else None)
+            layout = _layout(reader.meta, plan, task, args.output, vals, label)
+            meta = st.StoreMeta.for_layout(
+                layout, task=reader.meta.task, tile_m=plan.tile_m,
+                embedding=st.EmbeddingMeta(source_store=plan.url, model=job.description, output=args.output,
+                                           patch_size_m=task.patch_size_m, splits=job.splits,
+                                           sensors=tuple(plan.sensors)))
+            root = st.create_store(job.out_url, layout, meta, so)
         for t, v in zip(tiles, vals):
             s = int(t) // tps
             pending.setdefault(s, []).append((int(t), v))
@@ -191,19 +198,18 @@ def run_embed(args, cfg, plan, task, splits: list[str]) -> dict[str, Any]:
                 written += _write_shard(root, layout, s, pending.pop(s), ids, all_splits, args.output, label)
     for s in [s for s, e in expected.items() if e and s in pending]:  # never happens unless rows went missing
         raise RuntimeError(f"shard {s}: {got.get(s, 0)} of {expected[s]} rows arrived")
-    if root is None:
-        raise ValueError(f"no tiles in splits {splits}")
     # shards without any selected tile still get their ids/splits
     for s, e in expected.items():
         if e == 0:
             _write_shard(root, layout, s, [], ids, all_splits, args.output, label)
-    root.attrs.update({"status": "complete"})
-    return {"url": out_url, "tiles": written, "seconds": time.perf_counter() - t0, "model": desc}
+    st.write_meta(job.out_url, meta.replace(status="complete"), so)
+    print(f"wrote {written} tiles of {args.output} outputs to {job.out_url} in {time.perf_counter() - t0:.1f} s "
+          f"({job.description})")
+    return 0
 
 
-def _write_shard(root, layout, s: int, rows, ids, splits, output: str, label: str | None) -> int:
-    from pipelines import store as st
-
+def _write_shard(root, layout: st.StoreLayout, s: int, rows: list[tuple[int, np.ndarray]], ids: np.ndarray,
+                 splits: np.ndarray, output: str, label: str | None) -> int:
     lo, hi = layout.shard_range(s)
     block = st.empty_block(layout, hi - lo)
     block["tiles/id"][:] = ids[lo:hi]
@@ -219,7 +225,7 @@ def _write_shard(root, layout, s: int, rows, ids, splits, output: str, label: st
     return len(rows)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     p = entrypoint_parser("python -m ray_jobs.embed", __doc__, "fine-tuning config (data, encoder, task, storage)")
     p.add_argument("--out", required=True,
                    help="output folder / s3:// prefix (writes <out>/<dataset>.zarr) or a .zarr URL")
@@ -232,39 +238,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--concurrency", type=int, default=1, help="inference actors")
     p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per inference actor")
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv=None) -> int:
-    setup_logging()
-    args = parse_args(argv)
-    from ray_jobs.config import ConfigError
-    from ray_jobs.data import has_split, store_splits
-    from ray_jobs.finetune import prepare
-
-    try:
-        cfg, plan, task, known = prepare(args.config, args.overrides)
-        splits = args.splits.split(",") if args.splits else plan["store_splits"]
-        bad = [s for s in splits if not has_split(plan, s)]
-        if bad:
-            raise ValueError(f"splits {bad} not in the store (splits: {known})")
-        # aliases (PASTIS-HD train = fold1-3) -> the stored splits, each once
-        splits = list(dict.fromkeys(n for s in splits for n in store_splits(plan, s)))
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False)
-        res = run_embed(args, cfg, plan, task, splits)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {res['tiles']} tiles of {args.output} outputs to {res['url']} in {res['seconds']:.1f} s "
-          f"({res['model']})")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_parser(), _prepare, _run, argv)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from ray_jobs.embed import main as _main  # module-level classes pickle by reference (see finetune)
-
-    sys.exit(_main())
+    script("ray_jobs.embed")

@@ -1,5 +1,5 @@
-"""Typed configuration of fine-tuning / linear-probing runs (spec §4), by composition over the
-pretraining config: :class:`FinetuneConfig` is a :class:`ray_jobs.config.TrainConfig` (same
+"""Typed configuration of fine-tuning / linear-probing runs, by composition over the pretraining
+config: :class:`FinetuneConfig` is a :class:`ray_jobs.config.TrainConfig` (same
 ``model``/``data``/``train``/``optim``/``checkpoint``/``mlflow`` sections, same ``--set`` overrides,
 same path resolution) plus three sections:
 
@@ -20,7 +20,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from pipelines.datasets import get_dataset
 from ray_jobs.config import ConfigError, MlflowConfig, Section, TrainConfig
+from ray_jobs.plan import DataPlan
 
 __all__ = ["EncoderSource", "TaskConfig", "EvalConfig", "FinetuneConfig", "resolve_task", "ResolvedTask",
            "DEFAULT_LOSS", "DEFAULT_MONITOR"]
@@ -42,7 +44,8 @@ class EncoderSource(Section):
     group read from ``state.pt``; ``mlflow``: checked against the logged model (the pretraining
     service registers the teacher)."""
     attention: Literal["tokens", "flash-heads"] | None = None
-    """Combiner attention mode (spec §7.1); default: the checkpoint's / ``model.kwargs``."""
+    """Combiner attention: ``tokens`` (ordinary attention) or ``flash-heads`` (what the official code
+    computes with flash-attn on a GPU); default: the checkpoint's / ``model.kwargs``."""
 
     @model_validator(mode="after")
     def _uri_needed(self):
@@ -63,7 +66,8 @@ class TaskConfig(Section):
     proj_size: int = Field(default=1, ge=1)
     """Dense head: each sub-patch token predicts proj_size x proj_size pixels (FLAIR 10)."""
     patch_size_m: int | None = None
-    """Fixed patch size P (spec §4.1: one scale per experiment); default the dataset entry's first."""
+    """Fixed patch size P (the paper fine-tunes at one scale per experiment); default the dataset
+    entry's first."""
     loss: Literal["bce", "ce", "ce_ignore", "ce_weighted"] | None = None
     monitor: str | None = None
     """Validation metric (without ``val/``) for best checkpoint / early stopping; higher is better."""
@@ -136,11 +140,9 @@ class ResolvedTask(Section):
     ignore_index: int | None
 
 
-def resolve_task(cfg: FinetuneConfig, plan: dict | None = None) -> ResolvedTask:
+def resolve_task(cfg: FinetuneConfig, plan: DataPlan | None = None) -> ResolvedTask:
     """Fill the task defaults from the registry (and the data plan, when given). ConfigError on
     a label the dataset does not have, a dense head on a tile task, etc."""
-    from pipelines.datasets import get_dataset
-
     entry = cfg.dataset
     spec = get_dataset(entry.name)
     labels = {lab.name: lab for lab in spec.labels}
@@ -156,13 +158,13 @@ def resolve_task(cfg: FinetuneConfig, plan: dict | None = None) -> ResolvedTask:
     head = cfg.task.head or ("dense" if kind == "segmentation" else "tile")
     if (head == "dense") != (kind == "segmentation"):
         raise ConfigError(f"task.head={head} does not fit a {kind} task")
-    sensors = list(plan["sensors"]) if plan else list(entry.sensors or spec.model_sensors)
+    sensors = list(plan.sensors) if plan else list(entry.sensors or spec.model_sensors)
     out_mod = cfg.task.output_modality
     if head == "dense":
         out_mod = out_mod or sensors[0]
         if out_mod not in sensors:
             raise ConfigError(f"task.output_modality {out_mod!r} is not among the sensors {sensors}")
-    patch = cfg.task.patch_size_m or (plan["patch_sizes_m"][0] if plan else
+    patch = cfg.task.patch_size_m or (plan.patch_sizes_m[0] if plan else
                                       (entry.patch_sizes_m or list(spec.patch_sizes_m))[0])
     loss = cfg.task.loss or DEFAULT_LOSS[kind]
     if kind == "multilabel" and loss != "bce" or kind != "multilabel" and loss == "bce":

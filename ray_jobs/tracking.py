@@ -1,6 +1,7 @@
-"""MLflow tracking for Ray Train jobs (the only module of the project that talks to MLflow).
+"""MLflow for the ray_jobs: run resolution, params, the rank-0 tracker, registered-model downloads.
 
-Who logs what:
+Every MLflow call of the jobs goes through here, except the pyfunc class MLflow itself loads
+(``ray_jobs._mlflow_model``). Who logs what:
 
 * the driver (entrypoint) opens the run before ``trainer.fit()``: it finds the MLflow run of this Ray
   run (tag ``anysat.run_key`` = ``<storage_path>/<name>``) or creates it, and logs params (flattened
@@ -17,6 +18,7 @@ were logged by the dead attempt and are re-run, not re-logged).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -24,28 +26,53 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import mlflow
+import mlflow.artifacts
+import torch
 import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+from mlflow.store.artifact.utils.models import get_model_name_and_version
+from pydantic import BaseModel
 
-from ray_jobs.config import TrainConfig, flatten, is_secret
+from ray_jobs._mlflow_model import AnySatEncoderModel
+from ray_jobs.config import TrainConfig
 
-__all__ = ["Tracker", "open_run", "git_commit", "safe_params", "RUN_KEY_TAG", "artifact_location"]
+__all__ = ["Tracker", "open_run", "reopen_run", "download_model", "git_commit", "safe_params", "flatten",
+           "is_secret", "RUN_KEY_TAG", "artifact_location"]
 
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "anysat.run_key"
-# MLflow 3 sends usage telemetry by default; training clusters are often offline and it adds latency.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-
+SECRET_MARKERS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
 _MAX_PARAM_LEN = 6000  # MLflow's param value limit is 6000 characters
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
+def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
+
+
+def is_secret(name: str) -> bool:
+    n = name.lower()
+    return any(m in n for m in SECRET_MARKERS)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts/lists -> ``{"a.b.0.c": v}``; named list entries use their name."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, (list, tuple)) and obj and all(isinstance(x, dict) for x in obj):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}{v.get('name', i)}."))
+    else:
+        out[prefix[:-1]] = obj
+    return out
 
 
 def git_commit(path: str | os.PathLike | None = None) -> str:
@@ -115,8 +142,6 @@ def open_run(cfg: TrainConfig, extra_params: dict[str, Any] | None = None, resum
     params = {**flatten(cfg), **(extra_params or {})}
     params["git_commit"] = params.get("git_commit") or git_commit()
     items = sorted(safe_params(params).items())
-    from mlflow.entities import Param
-
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
     cfg_dump = cfg.model_dump(mode="json")
@@ -159,8 +184,6 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled or step <= self.last_step or not metrics:
             return
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, int(step))
                                                     for k, v in metrics.items()])
@@ -168,8 +191,6 @@ class Tracker:
     def log_params(self, params: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        from mlflow.entities import Param
-
         have = self.client.get_run(self.run_id).data.params
         items = [Param(k, v) for k, v in safe_params(params).items() if k not in have]
         for i in range(0, len(items), 100):
@@ -193,11 +214,6 @@ class Tracker:
         pyfunc model whose artifact is that file, and register it under ``registered_model_name``."""
         if not self.enabled:
             return
-        import mlflow
-        import torch
-
-        from ray_jobs._mlflow_model import AnySatEncoderModel
-
         with tempfile.TemporaryDirectory() as d:
             sd_path = Path(d) / "encoder_state_dict.pt"
             torch.save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, sd_path)
@@ -219,3 +235,24 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
             self.client.set_terminated(self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def reopen_run(uri: str, run_id: str) -> Iterator[Tracker]:
+    """A tracker on an existing (usually finished) run, which gets its status back afterwards: a
+    later evaluation adds to the fine-tuning run without changing how it ended."""
+    status = _client(uri).get_run(run_id).info.status
+    tracker = Tracker(uri, run_id)  # marks the run RUNNING while it logs
+    try:
+        yield tracker
+    finally:
+        tracker.client.set_terminated(run_id, status=status)
+
+
+def download_model(tracking_uri: str, uri: str) -> Path:
+    """Download a logged or registered model (``runs:/...``, ``models:/<name>/<version|alias>``) to a
+    local folder. ``models:/`` resolves against ``tracking_uri``'s registry, not the process default."""
+    if uri.startswith("models:/"):
+        client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+        uri = client.get_model_version_download_uri(*get_model_name_and_version(client, uri))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))

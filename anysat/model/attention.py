@@ -1,7 +1,7 @@
 """Attention layers of AnySat: plain / "flash-heads" self-attention, iRPE self-attention (spatial
 encoder) and the iRPE cross-attention that turns the combiner sequence into one token per patch.
 
-Official behaviours reproduced on purpose (spec section 2.4, 2.5, 7):
+Official behaviours reproduced on purpose (the released weights depend on them; ``docs/model.md``):
 
 * iRPE (Euclidean, contextual, on keys, shared table of 8 buckets): the logit of query i and key j
   gets ``q_i . W[:, bucket(i, j)]`` where **q is head 0's query for every head** (the official gather

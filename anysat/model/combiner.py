@@ -1,5 +1,5 @@
-"""Modality combiner (spec section 2.5): self-attention over all patches of all modalities, then one
-cross-attention block with input-independent queries that yields one token per patch + a tile token.
+"""Modality combiner: self-attention over all patches of all modalities, then one cross-attention
+block with input-independent queries that yields one token per patch + a tile token.
 
 Sequence layout (bookkeeping only; there is no modality embedding):
 ``[cls ; context (MODIS, no PE) ; m1 patches + PE ; m2 patches + PE ; ...]``.

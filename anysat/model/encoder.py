@@ -1,6 +1,6 @@
 """The AnySat encoder (class :class:`AnySat`), numerically identical to the official release.
 
-Data flow (spec section 2.0)::
+Data flow::
 
     per sensor m:  projector_m -> (B*N, S_m, D) -> shared spatial encoder -> cls -> (B, N, D)
     combiner:      [cls ; (context) ; m1 + PE ; m2 + PE ; ...] -> self-attn blocks -> cross block
@@ -98,9 +98,9 @@ class AnySat(nn.Module):
     # ------------------------------------------------------------------ construction
     @torch.no_grad()
     def _init_weights(self) -> None:
-        """Official init (spec 2.4/2.5): spatial encoder trunc-normal(0.02) + depth rescaling, combiner
-        cls token trunc-normal(0.02), everything else PyTorch default / set in the layer constructors
-        (LTAE queries and keys N(0, 0.5), iRPE tables trunc-normal(0.02), q_learned and pad scalars 0)."""
+        """Official init: spatial encoder trunc-normal(0.02) + depth rescaling, combiner cls token
+        trunc-normal(0.02), everything else PyTorch default / set in the layer constructors (LTAE
+        queries and keys N(0, 0.5), iRPE tables trunc-normal(0.02), q_learned and pad scalars 0)."""
         self.spatial_encoder.init_weights()
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
@@ -125,7 +125,7 @@ class AnySat(nn.Module):
 
         ``attention``: "tokens" = the official ``flash_attn=False`` computation (what the hub runs on
         CPU); "flash-heads" = what the official ``flash_attn=True`` path computes on GPU (softmax over
-        heads, spec section 7 item 1), the mode the released weights were most likely trained with.
+        heads, see ``docs/model.md``), the mode the released weights were most likely trained with.
         """
         sd = _load_state_dict(state_dict_or_path)
         sd = _select_prefix(sd, prefix)

@@ -1,6 +1,6 @@
 """Fixed positional encodings (nothing here is learned or stored in the state dict).
 
-Two families, both exactly as the official AnySat code computes them (spec section 2.3 / 2.2.2):
+Two families, both exactly as the official AnySat code computes them:
 
 * 2-D sin-cos grids (MAE style) for the spatial-encoder sub-patches and the combiner patches. The
   first half of the channels encodes the column (x), the second half the row (y); each half is

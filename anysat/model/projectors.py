@@ -1,4 +1,4 @@
-"""Per-sensor projectors: raw pixels -> sub-patch tokens ``(B*N, S, D)`` (spec section 2.2).
+"""Per-sensor projectors: raw pixels -> sub-patch tokens ``(B*N, S, D)``.
 
 Built from the sensor registry (:mod:`anysat.sensors`), never from hard-coded sensor names:
 
@@ -10,7 +10,7 @@ Built from the sensor registry (:mod:`anysat.sensors`), never from hard-coded se
   into patches.
 
 Token order inside a patch follows the official code: VHR cells are grouped **block-major** (10 m
-block, then cell inside the block; spec section 7 item 8) -- identical to raster order when a block
+block, then cell inside the block; see ``docs/model.md``) -- identical to raster order when a block
 has one cell (spot, naip) or a patch has one block (P = 10 m).
 """
 

@@ -1,4 +1,4 @@
-"""Shared spatial transformer ("TransformerMulti", spec section 2.4).
+"""Shared spatial transformer (official "TransformerMulti").
 
 Every patch of every modality is a short sequence ``[cls ; sub-patch tokens]``; the same weights
 encode all modalities, which differ only by the positional grid (g x g sub-patches, g*delta metres

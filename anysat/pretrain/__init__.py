@@ -1,4 +1,8 @@
-"""AnySat JEPA pretraining in pure torch (spec §3): masks, predictor, losses, EMA teacher, JEPA module."""
+"""AnySat JEPA pretraining in pure torch: masks, predictor, losses, EMA teacher, JEPA module.
+
+What differs from the official training code, and why, is listed in each module's docstring and in
+``docs/model.md``.
+"""
 
 from .ema import EMATeacher, ema_momentum
 from .jepa import JEPA, gather_patches, patch_validity

@@ -1,15 +1,15 @@
-"""EMA teacher for JEPA pretraining (spec §3.2).
+"""EMA teacher for JEPA pretraining.
 
 The teacher is a deep copy of the student encoder taken at construction; after every step its
 parameters follow ``θ̄ ← m·θ̄ + (1 − m)·θ`` with the linear momentum schedule
 ``m_i = m0 + i·(m1 − m0)/total_steps`` (official: 0.996 → 1.0 over the planned run).
 
-Deviation from the official code (spec §7 item 12): the official teacher runs in train mode, so
-LTAE dropout (p = 0.2 for several sensors) and the temporal attention dropout (0.1) perturb the
-targets. Here the teacher is always in eval mode — ``.train()`` on it (or on a parent module) is a
-no-op — so the targets are deterministic functions of the input. When the update runs relative to
-the optimiser step is the caller's choice; the official code updates before the optimiser step (the
-teacher lags one step), calling :meth:`EMATeacher.update` after ``optimizer.step()`` avoids the lag.
+Deviation from the official code: the official teacher runs in train mode, so LTAE dropout
+(p = 0.2 for several sensors) and the temporal attention dropout (0.1) perturb the targets. Here the
+teacher is always in eval mode — ``.train()`` on it (or on a parent module) is a no-op — so the
+targets are deterministic functions of the input. When the update runs relative to the optimiser
+step is the caller's choice; the official code updates before the optimiser step (the teacher lags
+one step), calling :meth:`EMATeacher.update` after ``optimizer.step()`` avoids the lag.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class EMATeacher(nn.Module):
         self.module.eval()
 
     def train(self, mode: bool = True) -> "EMATeacher":
-        # Stay in eval mode whatever the parent asks: no dropout in the targets (spec §7 item 12).
+        # Stay in eval mode whatever the parent asks: no dropout in the targets.
         self.training = False
         self.module.eval()
         return self

@@ -1,4 +1,4 @@
-"""AnySat JEPA pretraining module (spec §3): student encoder + predictor + EMA teacher.
+"""AnySat JEPA pretraining module: student encoder + predictor + EMA teacher.
 
 One training step (:meth:`JEPA.forward`) on a batch of one dataset at one patch size:
 
@@ -17,16 +17,16 @@ Student:
 7. predictor on the ``K_enc`` context outputs → predictions for every target block;
 8. ``loss = w_pred · smooth-L1(pred, targets) + w_con · MIL-NCE``.
 
-Deviations from the official code (each fixes a bug listed in spec §7; see the module docs of
-``masking``, ``predictor``, ``ema`` and ``losses`` for the rest):
+Deviations from the official code (each fixes a bug of the official training code; see the module
+docs of ``masking``, ``predictor``, ``ema`` and ``losses`` for the rest, and ``docs/model.md``):
 
-* context gather (§7 item 5): the official student drops the first combiner token even without MODIS
-  and then gathers with a per-modality stride of N−1, so modality i reads patch ``idx + 1 − i`` (its PE
-  was already added, so the token's content and PE disagree with the query position). Here every
+* context gather: the official student drops the first combiner token even without MODIS and then
+  gathers with a per-modality stride of N−1, so modality i reads patch ``idx + 1 − i`` (its PE was
+  already added, so the token's content and PE disagree with the query position). Here every
   modality is gathered at ``idx``; ``official_context_shift=True`` reproduces the official indexing.
-* MODIS query PE (§3.4 step 5): with a context token the official masked cross-attention gathers the
-  query PEs one patch off; :meth:`AnySat.combine` gathers them at the true index.
-* teacher in eval mode (§7 item 12), predictor PE at the true index (§7 item 6), at least one date
+* MODIS query PE: with a context token the official masked cross-attention gathers the query PEs one
+  patch off; :meth:`AnySat.combine` gathers them at the true index.
+* teacher in eval mode (``ema``), predictor PE at the true index (``predictor``), at least one date
   kept per series, validity masks aligned with the features in MIL-NCE.
 """
 
@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..model import AnySat
 from .ema import EMATeacher, ema_momentum
 from .losses import mil_nce_loss, normalize_targets, prediction_loss
 from .masking import BlockMaskCollator, BlockMasks, modality_mask, temporal_mask
@@ -126,8 +127,6 @@ class JEPA(nn.Module):
     def from_size(cls, size: str = "base", sensors: Iterable[str] | None = None, attention: str = "tokens",
                   **kwargs: Any) -> "JEPA":
         """A randomly initialised hub-size encoder (see :meth:`AnySat.from_size`) wrapped for pretraining."""
-        from anysat.model import AnySat
-
         return cls(AnySat.from_size(size, sensors=sensors, attention=attention), **kwargs)
 
     # ------------------------------------------------------------------ parameters / teacher
@@ -161,8 +160,8 @@ class JEPA(nn.Module):
         # With a context token the official code removes exactly that token, so its gather is right.
         if not self.official_context_shift or has_context:
             return torch.cat([gather_patches(t, ctx) for t in with_pe], dim=1)
-        # Official indexing (spec §7 item 5): drop the first token of the concatenated sequence and
-        # gather idx + i·(N−1) from what remains, i.e. flat index idx + 1 + i·(N−1).
+        # Official indexing: drop the first token of the concatenated sequence and gather
+        # idx + i·(N−1) from what remains, i.e. flat index idx + 1 + i·(N−1).
         flat = torch.cat(with_pe, dim=1)
         n_tok = tokens[0].shape[1]
         parts = [gather_patches(flat, (ctx + 1 + i * (n_tok - 1)).clamp(max=flat.shape[1] - 1))

@@ -1,4 +1,4 @@
-"""AnySat pretraining losses (spec §3.6, §3.7).
+"""AnySat pretraining losses (the official "AnySat_JEPA" loss: prediction + contrastive, weights 1:1).
 
 * :func:`prediction_loss` — smooth-L1 (β = 1) between predicted and target patch features; the
   official config calls it "mse" but implements Huber.

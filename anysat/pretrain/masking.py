@@ -1,4 +1,4 @@
-"""Masking for AnySat JEPA pretraining (spec §3.3, §3.4 steps 1 and 4).
+"""Masking for AnySat JEPA pretraining.
 
 Three independent maskings act on a student step:
 
@@ -61,7 +61,7 @@ class BlockMasks(NamedTuple):
 
 
 class BlockMaskCollator:
-    """I-JEPA-style multi-block masks as used by AnySat (spec §3.3).
+    """I-JEPA-style multi-block masks as used by AnySat.
 
     Per call (one batch):
 
@@ -80,8 +80,9 @@ class BlockMaskCollator:
 
     Defaults are the official AnySat pretraining values: context scale (0.85, 1.0), 4 targets with
     scale (0.2, 0.8) and aspect (0.75, 1.5). With those, the context usually shrinks to one or two
-    patches on small grids (spec §7 item 7); I-JEPA's own target scale (0.15, 0.2) keeps a larger
-    context and can be chosen through ``pred_scale``.
+    patches on small grids (four targets of 20-80 % of the grid leave little room to avoid them);
+    I-JEPA's own target scale (0.15, 0.2) keeps a larger context and can be chosen through
+    ``pred_scale``.
 
     Randomness: one stream of uniforms from ``generator`` (fetched with ``torch.rand`` in chunks of
     1024); its first value sets the target size, the second the context size, the rest place blocks.
@@ -294,7 +295,7 @@ def modality_mask(
     keep_ratio: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Replace some (patch, modality) context tokens by ``mask_token`` (spec §3.4 step 4).
+    """Replace some (patch, modality) context tokens by ``mask_token`` (the student's modality masking).
 
     ``tokens``: ``(B, M·K, D)`` laid out modality-major ``[m1 patches; m2 patches; ...]``.
     Per sample and patch, one modality drawn uniformly is always kept; of the remaining ``(M−1)·K``

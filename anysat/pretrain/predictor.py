@@ -1,4 +1,4 @@
-"""JEPA predictor (spec §3.5, official "VisionTransformerPredictorMulti").
+"""JEPA predictor (official "VisionTransformerPredictorMulti").
 
 Width D (= encoder width), ``depth`` = 4 pre-norm blocks with 16 heads, MLP ratio 4, qkv bias,
 LayerNorm eps 1e-5; own class token (zeros), ``mask_token`` (trunc-normal 0.02), ``Linear(D, D)`` in
@@ -13,14 +13,14 @@ Forward for one batch with context indices ``ctx_idx (B, K_enc)`` and J target i
    stacked block-major into a batch of J·B;
 3. blocks → LayerNorm → last K_pred tokens → ``Linear_out`` → ``(J·B, K_pred, D)``.
 
-Positional encodings (spec §7 item 6): the official predictor gathers from a table
-``[0 ; PE(n×n)]`` with raw patch indices, so patch k gets the PE of patch k−1 and patch 0 gets
-zeros — a one-patch shift that wraps across rows. By default the PE is gathered at the true patch
+Positional encodings: the official predictor gathers from a table ``[0 ; PE(n×n)]`` with raw
+patch indices, so patch k gets the PE of patch k−1 and patch 0 gets zeros — a one-patch shift that
+wraps across rows. By default the PE is gathered at the true patch
 index; ``official_pe_shift=True`` reproduces the official shift.
 
-Attention (spec §7 item 1): ``attention="tokens"`` is ordinary token attention;
-``"flash-heads"`` reproduces the official flash-attention layout bug (each token attends over its
-own heads, tokens never mix), which the official training configs had switched on.
+Attention: ``attention="tokens"`` is ordinary token attention; ``"flash-heads"`` reproduces the
+official flash-attention layout bug (each token attends over its own heads, tokens never mix), which
+the official training configs had switched on.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
-"""Miniature raw archives, one generator module per dataset (raw-formats §14).
+"""Miniature raw archives, one generator module per dataset.
 
-Each module exposes ``write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None`` and
+A dataset's generator is found by naming convention: the module named like its reader's, in a
+``samplegen`` package beside the reader's package (:attr:`pipelines.datasets.DatasetSpec.generator_module`;
+``pipelines.sources.planted`` -> ``pipelines.samplegen.planted``, and the same for a dataset of another
+package). It exposes ``write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None`` and
 writes the archive in the dataset's real on-disk layout under ``root``. Modules are imported lazily
 because the writers pull in rasterio, h5py and friends.
 """
@@ -9,33 +12,38 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from typing import Callable
 
-#: dataset name (``pipelines.datasets``) -> module under ``pipelines.samplegen``
-GENERATORS: dict[str, str] = {
-    "treesatai-ts": "treesatai",
-    "pastis-hd": "pastis",
-    "flair": "flair",
-    "planted": "planted",
-    "s2naip-urban": "s2naip",
-    "bradd-s1ts": "bradd",
-    "sickle": "sickle",
-    "timesen2crop": "timesen2crop",
-    "sen1floods11": "sen1floods11",
-    "so2sat": "so2sat",
-    "hls-burn-scars": "hls_burn_scars",
-}
+from pipelines.datasets import dataset_names, get_dataset
+
+SampleWriter = Callable[..., None]
+
+
+def _find(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package itself does not exist
+        return False
 
 
 def generator_available(dataset: str) -> bool:
-    mod = GENERATORS.get(dataset)
-    return mod is not None and importlib.util.find_spec(f"{__name__}.{mod}") is not None
+    """Whether ``dataset`` is registered and its generator module exists."""
+    try:
+        return _find(get_dataset(dataset).generator_module)
+    except ValueError:
+        return False
 
 
-def get_generator(dataset: str):
+def get_generator(dataset: str) -> SampleWriter:
     """The ``write_sample`` function of a dataset; ValueError with a clear reason otherwise."""
-    mod = GENERATORS.get(dataset)
-    if mod is None:
-        raise ValueError(f"no sample generator for dataset {dataset!r}; known: {', '.join(sorted(GENERATORS))}")
-    if not generator_available(dataset):
-        raise ValueError(f"sample generator pipelines/samplegen/{mod}.py for {dataset!r} is not written yet")
-    return importlib.import_module(f"{__name__}.{mod}").write_sample
+    names = dataset_names()
+    if dataset not in names:
+        known = ", ".join(d for d in names if generator_available(d))
+        raise ValueError(f"no sample generator for dataset {dataset!r} (not a registered dataset); known: {known}")
+    module = get_dataset(dataset).generator_module
+    if not _find(module):
+        raise ValueError(f"no sample generator for dataset {dataset!r}: module {module} does not exist")
+    writer = getattr(importlib.import_module(module), "write_sample", None)
+    if not callable(writer):
+        raise ValueError(f"sample generator {module} of dataset {dataset!r} has no write_sample function")
+    return writer

@@ -1,4 +1,4 @@
-"""Miniature BraDD-S1TS archive (raw-formats.md §6, §14): ``meta.csv`` + ``Samples/*.pt`` written with
+"""Miniature BraDD-S1TS archive: ``meta.csv`` + ``Samples/*.pt`` written with
 ``torch.save`` (zip format, the default) holding ``datetime.date`` objects, as the author release does.
 
 Planted signal: pixels deforested by the second label date (``label[1] == 1``) lose about 3 dB of VH
@@ -11,6 +11,7 @@ import datetime as dt
 import os
 
 import numpy as np
+import pandas as pd
 
 SIZE = 48
 TS = (5, 8, 12)
@@ -24,7 +25,6 @@ def _splits(n: int) -> list[str]:
 
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
-    import pandas as pd
     import torch
 
     n = 6 if tiles is None else int(tiles)

@@ -1,4 +1,4 @@
-"""Damage a *copy* of a miniature archive, for the quarantine tests (raw-formats §14.6).
+"""Damage a *copy* of a miniature archive, for the quarantine tests.
 
 The generators write only valid archives; every helper here takes the path of one file in a copied
 archive and breaks it in one documented way, returning the path it damaged.

@@ -1,4 +1,4 @@
-"""Miniature FLAIR #2 archive (raw-formats.md §3, §14) in the author layout (unzipped side by side).
+"""Miniature FLAIR #2 archive in the author layout (unzipped side by side).
 
 Per zone one Sentinel-2 super-area (``data.npy`` uint16, ``masks.npy`` uint8 snow/cloud probabilities,
 ``products.txt``) shared by the zone's aerial patches; 5-band uint8 aerial and 1-band uint8 mask
@@ -16,6 +16,8 @@ import json
 import os
 
 import numpy as np
+import rasterio
+from rasterio.transform import Affine
 
 AERIAL, SUPER_H, SUPER_W = 512, 60, 72
 # (domain, zone, tree, first id, T)
@@ -57,9 +59,6 @@ def _products(days: np.ndarray, tile: str, rng: np.random.Generator) -> list[str
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0, anysat_splits: bool = True) -> None:
     """Write ``tiles`` (default 6) FLAIR #2 patches in 3 domains (2 train, 1 test) under ``root``."""
-    import rasterio
-    from rasterio.transform import Affine
-
     n = 6 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     palette = rng.integers(30, 230, size=(20, 5))  # raw class -> R, G, B, NIR, elevation

@@ -1,4 +1,4 @@
-"""Miniature HLS Burn Scars archive (raw-formats.md §11, §14): ``training/`` and ``validation/`` GeoTIFF
+"""Miniature HLS Burn Scars archive: ``training/`` and ``validation/`` GeoTIFF
 pairs with the exact name pattern, plus the same two folders packed as ``hls_burn_scars.tar.gz``.
 
 Images are float32 (6, 512, 512) decimal reflectance in UTM at 30 m (values on the 1e-4 grid of HLS's
@@ -13,6 +13,8 @@ import os
 import tarfile
 
 import numpy as np
+import rasterio
+from rasterio.transform import Affine
 
 SIZE = 512
 TILES = ("T10SGD", "T11SQA", "T10TEK")
@@ -29,9 +31,6 @@ def _scene(i: int) -> str:
 
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0, tarball: bool = True) -> None:
-    import rasterio
-    from rasterio.transform import Affine
-
     n = 8 if tiles is None else int(tiles)
     n_val = max(1, n // 4) if n > 1 else 0
     rng = np.random.default_rng(seed)

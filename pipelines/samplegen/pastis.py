@@ -1,4 +1,4 @@
-"""Miniature PASTIS-HD archive (raw-formats.md §2, §14): the HF/Zenodo layout with real dtypes and sizes.
+"""Miniature PASTIS-HD archive: the HF/Zenodo layout with real dtypes and sizes.
 
 ``metadata.geojson`` is written with plain ``json`` so it keeps the old-style ``crs`` member and the
 nested ``dates-*`` objects exactly as the real file does. Parcels are 16-px blocks; each parcel's class
@@ -12,6 +12,8 @@ import math
 import os
 
 import numpy as np
+import rasterio
+from rasterio.transform import Affine
 
 SIZE = 128
 SPOT = 1280
@@ -59,9 +61,6 @@ def _footprint(i: int, rotate: bool) -> list[list[float]]:
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
     """Write ``tiles`` (default 5, one per fold) PASTIS-HD patches under ``root``."""
-    import rasterio
-    from rasterio.transform import Affine
-
     n = 5 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     spot_dir = os.path.join(root, "DATA_SPOT", "PASTIS_SPOT6_RVB_1M00_2019")

@@ -1,4 +1,4 @@
-"""Miniature PLANTED archive in the AnySat npz layout (raw-formats §4) — the layout users hold.
+"""Miniature PLANTED archive in the AnySat npz layout — the layout users hold.
 
 Real shapes per 120 m tile (s2/s1 12x12 at 10 m, l7/alos 4x4 at 30 m, modis 1x1), channel-last
 float32 data written with ``np.savez`` (key ``arr_0``), uint8 validity masks with zeros, int64 ms

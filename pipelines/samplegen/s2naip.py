@@ -1,4 +1,4 @@
-"""Miniature S2NAIP-Urban archive (raw-formats.md §5, §14): the extracted AI2 folders.
+"""Miniature S2NAIP-Urban archive: the extracted AI2 folders.
 
 Files per tile ``{epsg}_{col}_{row}``: NAIP RGBA PNG (A = NIR), Sentinel-2 band stacks at 10/20/40 m
 (uint16, per image B02-B04,B08 / B05-B07,B8A,B11,B12 / B01,B09,B10), Sentinel-1 (float32 VV, VH),
@@ -7,7 +7,7 @@ WorldCover PNG. GeoTIFFs carry ``EPSG:{epsg}`` and ``Affine(res, 0, col*640, 0, 
 
 ``layout="anysat"`` (default) also writes AnySat's ``{train,val,test}_dict.json`` (its own file, which
 AnySat users hold); ``layout="ai2"`` leaves them out. Both write AI2's ``sentinel2.csv`` /
-``sentinel1.csv`` with the GUESSED ``tile,index,scene_id`` columns (raw-formats.md §16.3).
+``sentinel1.csv`` with GUESSED ``tile,index,scene_id`` columns (the real columns are not documented).
 
 Planted signal: OSM "building" polygons brighten NAIP and S2 under them.
 """
@@ -19,6 +19,9 @@ import json
 import os
 
 import numpy as np
+import rasterio
+from PIL import Image
+from rasterio.transform import Affine
 
 BASE_TILES = ("32610_859_-8247", "32610_859_-8248", "32612_960_-6049", "32612_961_-6049")
 S2_T, S1_T, L8_T = (3, 5, 4, 6), (2, 4), 4
@@ -70,10 +73,6 @@ def _osm(rng: np.random.Generator) -> tuple[dict, list[tuple[int, int, int, int]
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0, layout: str = "anysat") -> None:
     """Write ``tiles`` (default 4) S2NAIP-Urban tiles under ``root`` (``layout`` "anysat" or "ai2")."""
-    import rasterio
-    from PIL import Image
-    from rasterio.transform import Affine
-
     if layout not in ("anysat", "ai2"):
         raise ValueError(f"layout must be 'anysat' or 'ai2', got {layout!r}")
     n = 4 if tiles is None else int(tiles)

@@ -1,4 +1,4 @@
-"""Miniature Sen1Floods11 v1.1 hand-labelled archive (raw-formats.md §9, §14).
+"""Miniature Sen1Floods11 v1.1 hand-labelled archive.
 
 The GeoTIFF profiles follow the real chips: 512 x 512, EPSG:4326 at 8.983e-5 deg, DEFLATE, 512-px tiles,
 band-separate; S1Hand float32 VV/VH with a NaN nodata tag, S2Hand int16 13 bands (B8A 9th) with nodata 0,
@@ -13,6 +13,8 @@ import json
 import os
 
 import numpy as np
+import rasterio
+from rasterio.transform import Affine
 
 SIZE = 512
 RES = 8.983152841195215e-05
@@ -48,9 +50,6 @@ def _coarse(rng, shape, f=8):
 
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
-    import rasterio
-    from rasterio.transform import Affine
-
     n = 5 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     for layer in ("S1Hand", "S2Hand", "LabelHand"):

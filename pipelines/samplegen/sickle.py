@@ -1,4 +1,4 @@
-"""Miniature SICKLE archive (raw-formats.md §7, §14): tabular CSV, band-keyed ``.npz`` per acquisition
+"""Miniature SICKLE archive: tabular CSV, band-keyed ``.npz`` per acquisition
 at native grids (S2 10/20/60 m = 32/16/6 px, S1 32 px, L8 11 px), 6-band int16 label GeoTIFFs in
 EPSG:32644 at 3/10/30 m.
 
@@ -13,6 +13,9 @@ import datetime as dt
 import os
 
 import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.transform import Affine
 
 S2_10, S2_20, S2_60 = ("B2", "B3", "B4", "B8"), ("B5", "B6", "B7", "B8A", "B11", "B12"), ("B1", "B9")
 L8 = ("SR_B1", "SR_B2", "SR_B3", "SR_B4", "SR_B5", "SR_B6", "SR_B7", "ST_B10")
@@ -30,10 +33,6 @@ def _grid(a: np.ndarray, px: int) -> np.ndarray:
 
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
-    import pandas as pd
-    import rasterio
-    from rasterio.transform import Affine
-
     n = 6 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     rows = []

@@ -1,4 +1,4 @@
-"""Miniature So2Sat LCZ42 v2 archive (raw-formats.md §10, §14): three HDF5 files with ``sen1``, ``sen2``
+"""Miniature So2Sat LCZ42 v2 archive: three HDF5 files with ``sen1``, ``sen2``
 and ``label`` in the real shapes and dtypes (channel-last float64, one-hot float64 labels).
 
 ``training.h5`` is written gzip-compressed with (1, 32, 32, C) chunks and the others contiguous, so a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import h5py
 import numpy as np
 
 SIZE = 32
@@ -23,8 +24,6 @@ def _counts(n: int) -> tuple[int, int, int]:
 
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
-    import h5py
-
     n = 14 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     os.makedirs(root, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Miniature TimeSen2Crop archive (raw-formats.md §8, §14): four S2 tile folders with ``dates.csv`` and
+"""Miniature TimeSen2Crop archive: four S2 tile folders with ``dates.csv`` and
 class folders of one-pixel CSVs (header ``B2,B3,B4,B5,B6,B7,B8A,B11,B12,Flag``, integer reflectance x 1e4).
 
 Planted signal: each crop class has its own NDVI peak day and amplitude over the agronomic year; a few

@@ -1,4 +1,4 @@
-"""Miniature TreeSatAI-TS archive in the HF release layout (raw-formats.md §1, §14).
+"""Miniature TreeSatAI-TS archive in the HF release layout.
 
 Written exactly as the real files are: the aerial GeoTIFF with tifffile (so it carries the archive's
 ``GDAL_NODATA="-9999"`` on uint8, RGB + unassociated-alpha photometric, 6-row strips, ETRS89/UTM 32N
@@ -16,13 +16,17 @@ from __future__ import annotations
 import json
 import os
 
+import h5py
 import numpy as np
+import rasterio
+import tifffile
+from rasterio.transform import Affine
 
 from pipelines.datasets import TREESAT_CLASSES
 
 BASE_NAMES = (
     "Abies_alba_1_1005_WEFL_NLF", "Picea_abies_3_46636_WEFL_NLF",
-    "Alnus_spec._5_13114_WEFL_NLF",  # dotted species name on purpose (§14.2)
+    "Alnus_spec._5_13114_WEFL_NLF",  # dotted species name on purpose: real names have them, ids must not split at "."
     "Pseudotsuga_menziesii_1_339575_BI_NLF", "Quercus_petraea_2_84375_WEFL_NLF",
     "Fagus_sylvatica_9_29995_WEFL_NLF",
 )
@@ -83,8 +87,6 @@ def _series_days(year: int, t: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _write_aerial(path: str, data: np.ndarray, x0: float, y0: float) -> None:
-    import tifffile
-
     stats = "".join(
         f'<Item name="STATISTICS_MEAN" sample="{b}">{data[b].mean():.4f}</Item>'
         f'<Item name="STATISTICS_MAXIMUM" sample="{b}">{int(data[b].max())}</Item>'
@@ -98,9 +100,6 @@ def _write_aerial(path: str, data: np.ndarray, x0: float, y0: float) -> None:
 
 
 def _write_mono(root: str, name: str, s2: np.ndarray, x0: float, y0: float, rng: np.random.Generator) -> None:
-    import rasterio
-    from rasterio.transform import Affine
-
     tr = Affine(10, 0, x0, 0, -10, y0)
     prof = dict(driver="GTiff", height=PIX, width=PIX, crs="EPSG:32632", transform=tr)
     vv = rng.uniform(0.01, 0.3, (PIX, PIX)).astype(np.float32)
@@ -118,8 +117,6 @@ def _write_mono(root: str, name: str, s2: np.ndarray, x0: float, y0: float, rng:
 
 def write_sample(root: str, tiles: int | None = None, seed: int = 0, layout: str = "hf") -> None:
     """Write ``tiles`` (default 6) TreeSatAI-TS patches under ``root`` (``layout`` "hf" or "anysat")."""
-    import h5py
-
     if layout not in ("hf", "anysat"):
         raise ValueError(f"layout must be 'hf' or 'anysat', got {layout!r}")
     n = 6 if tiles is None else int(tiles)

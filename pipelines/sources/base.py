@@ -4,7 +4,7 @@ A source never writes the store and never imports Ray: ``pipelines/ingest.py`` d
 ``read_tile`` calls over Ray Data tasks and ``pipelines/store.py`` writes what they return. Paths are
 fsspec URLs (local folder or ``s3://bucket/prefix``), opened through :meth:`Source.open`.
 
-Conventions of the returned arrays (the store contract in DESIGN.md):
+Conventions of the returned arrays (what ``pipelines/store.py`` stores, one array per sensor):
 
 * ``SensorArray.data``: ``(T, C, H, W)`` in the archive's own dtype (lossless), bands in the order of
   ``anysat.sensors`` (``Sensor.raw_bands`` when the archive lacks a derived band, e.g. the S1 ratio);
@@ -15,17 +15,26 @@ Conventions of the returned arrays (the store contract in DESIGN.md):
 
 A reader raises :class:`TileError` (file + reason) for a structurally broken tile; the ingest job
 quarantines it and carries on.
+
+A new reader subclasses :class:`Source`, sets ``name`` and implements :meth:`Source.list_tiles` and
+:meth:`Source.read_tile`; it overrides :meth:`Source.probe` (same signature) only when file headers tell
+the shapes more cheaply than a full read. File access goes through the methods of the base class
+(:meth:`Source.open`, :meth:`Source.read_bytes`, :meth:`Source.read_raster`...), so the same reader
+works on a local folder and on ``s3://``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import fsspec
 import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
 
 EPOCH = _dt.date(1970, 1, 1)
 
@@ -75,59 +84,6 @@ def days_since_epoch(d: _dt.date | _dt.datetime | str) -> int:
     return (d - EPOCH).days
 
 
-class Source(ABC):
-    """Base class of all dataset readers (one subclass per dataset, TorchGeo style)."""
-
-    #: dataset name on the command line (``make ingest DATASET=<name>``)
-    name: ClassVar[str]
-
-    def __init__(self, root: str, storage_options: dict | None = None):
-        self.root = str(root).rstrip("/")
-        self.storage_options = storage_options or {}
-        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
-
-    # -- paths -----------------------------------------------------------------------------------
-    def path(self, *parts: str) -> str:
-        """Filesystem path (for ``self.fs``) of a file under the archive root."""
-        return "/".join([self._root_path, *parts])
-
-    def open(self, *parts: str, mode: str = "rb"):
-        return self.fs.open(self.path(*parts), mode)
-
-    def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
-
-    def _local(self) -> bool:
-        protocols = self.fs.protocol
-        return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
-
-    def _raster(self, rel: str, read: bool):
-        """(data or None, (count, H, W), dtype) of a GeoTIFF; ``read=False`` touches only the header.
-
-        Local files are opened in place (GDAL reads just the header); remote ones are fetched once
-        into a MemoryFile, since GDAL cannot read through an fsspec file object."""
-        import rasterio
-        from rasterio.errors import RasterioIOError
-
-        try:
-            if self._local():
-                with rasterio.open(self.path(rel)) as ds:
-                    return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-            with self.open(rel) as f, rasterio.MemoryFile(f.read()) as mem, mem.open() as ds:
-                return (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-        except (RasterioIOError, OSError, ValueError) as e:
-            raise TileError(self.path(rel), f"unreadable GeoTIFF: {e}") from e
-
-    # -- the two things a source does ----------------------------------------------------------
-    @abstractmethod
-    def list_tiles(self) -> list[TileRef]:
-        """All tiles of the archive, in a stable order, without reading pixel data."""
-
-    @abstractmethod
-    def read_tile(self, ref: TileRef) -> Tile:
-        """Read one tile; raise :class:`TileError` if it is broken."""
-
-
 # -- cheap structural probe (used by the ingest's planning pass) ------------------------------------
 @dataclass
 class SensorProbe:
@@ -163,15 +119,111 @@ def probe_from_tile(tile: Tile) -> TileProbe:
     return TileProbe(sensors, labels)
 
 
-def _source_probe(self: Source, ref: TileRef) -> TileProbe:
-    """Shapes, dtypes and date counts of one tile, for sizing the store (T_max) before any write.
+@dataclass
+class Raster:
+    """One raster file: pixels (or only the header facts) plus what GDAL reports about it."""
 
-    The default reads the whole tile; sources override it when headers alone tell the shapes (e.g.
-    ``.npy`` headers inside an ``.npz``), which makes the planning pass a small fraction of the ingest.
-    Raise :class:`TileError` for a tile that is already visibly broken.
+    data: np.ndarray | None
+    """``(count, H, W)``, or ``None`` when only the header was read."""
+    shape: tuple[int, int, int]
+    """``(count, H, W)``."""
+    dtype: np.dtype
+    nodata: float | None
+    descriptions: tuple[str | None, ...]
+    """Band descriptions as GDAL wrote them (``None`` where a band has none)."""
+
+
+def decode_raster(src: str | bytes, where: str, read: bool = True) -> Raster:
+    """A raster from a local path or from the file's bytes (a remote file, a tar member), via rasterio.
+
+    ``where`` names the file in a :class:`TileError`. Readers call :meth:`Source.read_raster`; this is
+    for bytes that do not come from one archive file (members of a ``.tar.gz``).
     """
-    return probe_from_tile(self.read_tile(ref))
+    def grab(ds) -> Raster:
+        return Raster(ds.read() if read else None, (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0]),
+                      ds.nodata, tuple(ds.descriptions))
+
+    try:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            with rasterio.MemoryFile(bytes(src)) as mem, mem.open() as ds:
+                return grab(ds)
+        with rasterio.open(src) as ds:
+            return grab(ds)
+    except (RasterioIOError, OSError, ValueError) as e:
+        raise TileError(where, f"unreadable GeoTIFF: {e}") from None
 
 
-# Attached after the class body so the abstract interface above stays exactly as it was.
-Source.probe = _source_probe
+class Source(ABC):
+    """Base class of all dataset readers (one subclass per dataset, TorchGeo style)."""
+
+    #: dataset name on the command line (``make ingest DATASET=<name>``)
+    name: ClassVar[str]
+
+    def __init__(self, root: str, storage_options: dict | None = None):
+        self.root = str(root).rstrip("/")
+        self.storage_options = storage_options or {}
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **self.storage_options)
+
+    # -- paths -----------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """Filesystem path (for ``self.fs``) of a file under the archive root."""
+        return "/".join([self._root_path, *parts])
+
+    def open(self, *parts: str, mode: str = "rb"):
+        return self.fs.open(self.path(*parts), mode)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts))
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the archive is on the local filesystem (libraries can then open paths in place)."""
+        protocols = self.fs.protocol
+        return "file" in ((protocols,) if isinstance(protocols, str) else protocols)
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The whole file; :class:`TileError` if it is missing or unreadable."""
+        try:
+            with self.open(rel) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise TileError(self.path(rel), "file missing") from None
+        except OSError as e:
+            raise TileError(self.path(rel), f"unreadable file: {e}") from None
+
+    def local_or_buffer(self, rel: str) -> str | io.BytesIO:
+        """A path h5py / torch / numpy can open directly, or an in-memory buffer of a remote file."""
+        return self.path(rel) if self.is_local else io.BytesIO(self.read_bytes(rel))
+
+    def read_raster(self, rel: str, read: bool = True) -> Raster:
+        """A GeoTIFF (or any GDAL raster) of the archive; ``read=False`` reads only the header.
+
+        Local files are opened in place (GDAL then reads just the header when asked to); remote ones
+        are fetched once into memory, since GDAL cannot read through an fsspec file object.
+        """
+        if not self.is_local:
+            return decode_raster(self.read_bytes(rel), self.path(rel), read)
+        try:
+            return decode_raster(self.path(rel), self.path(rel), read)
+        except TileError:
+            if not self.exists(rel):  # GDAL reports a missing file as a generic open error
+                raise TileError(self.path(rel), "file missing") from None
+            raise
+
+    # -- the two things a source does ----------------------------------------------------------
+    @abstractmethod
+    def list_tiles(self) -> list[TileRef]:
+        """All tiles of the archive, in a stable order, without reading pixel data."""
+
+    @abstractmethod
+    def read_tile(self, ref: TileRef) -> Tile:
+        """Read one tile; raise :class:`TileError` if it is broken."""
+
+    def probe(self, ref: TileRef) -> TileProbe:
+        """Shapes, dtypes and date counts of one tile, for sizing the store (T_max) before any write.
+
+        The default reads the whole tile; sources override it when headers alone tell the shapes (e.g.
+        ``.npy`` headers inside an ``.npz``), which makes the planning pass a small fraction of the ingest.
+        Raise :class:`TileError` for a tile that is already visibly broken.
+        """
+        return probe_from_tile(self.read_tile(ref))

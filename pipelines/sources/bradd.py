@@ -1,4 +1,4 @@
-"""BraDD-S1TS reader (``meta.csv`` + one ``torch.save``'d dict per sample), raw-formats.md §6.
+"""BraDD-S1TS reader (``meta.csv`` + one ``torch.save``'d dict per sample).
 
 ::
 
@@ -23,8 +23,8 @@ import io
 import logging
 
 import numpy as np
+import pandas as pd
 
-from pipelines.sources._io import read_bytes
 from pipelines.sources.base import SensorArray, Source, Tile, TileError, TileRef, days_since_epoch
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,6 @@ class BraDDS1TS(Source):
         self._fingerprinted = False
 
     def list_tiles(self) -> list[TileRef]:
-        import pandas as pd
-
         with self.open("meta.csv") as f:
             meta = pd.read_csv(f, index_col=0)
         for col in ("file", self.split_column):
@@ -83,7 +81,7 @@ class BraDDS1TS(Source):
     def read_tile(self, ref: TileRef) -> Tile:
         rel = ref.info["file"]
         where = self.path(rel)
-        obj = load_sample(read_bytes(self, rel), where)
+        obj = load_sample(self.read_bytes(rel), where)
         image = obj["image"]
         image = image.numpy() if hasattr(image, "numpy") else np.asarray(image)
         label = obj["label"]

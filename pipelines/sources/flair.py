@@ -1,4 +1,4 @@
-"""FLAIR #2 reader (aerial + mask GeoTIFFs, per-zone Sentinel-2 super-areas), raw-formats.md §3.
+"""FLAIR #2 reader (aerial + mask GeoTIFFs, per-zone Sentinel-2 super-areas).
 
 The author archive, unzipped side by side::
 
@@ -106,11 +106,11 @@ class Flair(Source):
                 f"{sen}/{d}/{z}/sen/SEN2_sp_{d}-{z}")
 
     def _aerial(self, rel: str, read: bool):
-        data, shape, dtype = self._raster(rel, read)
-        if shape[0] != 5 or dtype != np.uint8:
+        r = self.read_raster(rel, read)
+        if r.shape[0] != 5 or r.dtype != np.uint8:
             raise TileError(self.path(rel), f"aerial must be 5-band uint8 (R, G, B, NIR, elevation), "
-                                            f"got {shape[0]} bands {dtype}")
-        return data, shape, dtype
+                                            f"got {r.shape[0]} bands {r.dtype}")
+        return r.data, r.shape, r.dtype
 
     def _aerial_date(self, ref: TileRef) -> int:
         meta = self._table(METADATA).get(ref.id)
@@ -140,7 +140,7 @@ class Flair(Source):
                 products = [ln.strip() for ln in f if ln.strip()]
             if header_only:
                 z = {"data": self._npy_header(rel_data), "masks": self._npy_header(rel_mask)}
-            elif self._local():
+            elif self.is_local:
                 z = {"data": np.load(self.path(rel_data), mmap_mode="r", allow_pickle=False),
                      "masks": np.load(self.path(rel_mask), mmap_mode="r", allow_pickle=False)}
             else:
@@ -207,10 +207,10 @@ class Flair(Source):
         aerial, (_, h, w), _ = self._aerial(rel_img, read=True)
         sensors = {"aerial-flair": SensorArray(aerial[None], np.array([self._aerial_date(ref)], np.int32))}
         sensors["s2"] = self._s2(ref, prefix)
-        msk, shape, dtype = self._raster(rel_msk, read=True)
-        if shape != (1, h, w) or dtype.kind != "u":
-            raise TileError(self.path(rel_msk), f"mask {shape} {dtype}, expected (1, {h}, {w}) unsigned")
-        raw = msk[0]
+        msk = self.read_raster(rel_msk)
+        if msk.shape != (1, h, w) or msk.dtype.kind != "u":
+            raise TileError(self.path(rel_msk), f"mask {msk.shape} {msk.dtype}, expected (1, {h}, {w}) unsigned")
+        raw = msk.data[0]
         lo, hi = int(raw.min()), int(raw.max())
         if lo < 1 or hi > 19:
             raise TileError(self.path(rel_msk), f"mask values {lo}..{hi} outside the 1..19 nomenclature")

@@ -1,4 +1,4 @@
-"""HLS Burn Scars reader (``ibm-nasa-geospatial/hls_burn_scars``), raw-formats.md §11.
+"""HLS Burn Scars reader (``ibm-nasa-geospatial/hls_burn_scars``).
 
 ::
 
@@ -14,8 +14,8 @@ documented, so all three are treated as invalid and the raw values are kept.
 
 Splits (AnySat / PANGAEA protocol, so the trainer can use them directly): ``test`` = ``validation/``;
 ``val`` = ``sklearn.model_selection.train_test_split(np.arange(n), test_size=0.1, random_state=23)`` over the
-*sorted* ``training/`` image names; ``train`` = the rest. The official split is training = train + val,
-validation = test (``DatasetSpec.extra["official_splits"]``). Tile id = the scene name without the
+*sorted* ``training/`` image names; ``train`` = the rest. The official two-way split is their union:
+``training/`` = train + val, ``validation/`` = test. Tile id = the scene name without the
 ``subsetted_512x512_`` prefix and the suffix, e.g. ``HLS.S30.T10SGD.2018257.v1.4``.
 
 A ``.tar.gz`` has no index: every member read decompresses the stream up to it, so for the real 2.65 GB
@@ -31,8 +31,9 @@ import tarfile
 
 import numpy as np
 
-from pipelines.sources._io import Raster, raster_from_bytes, read_raster, valid_mask
-from pipelines.sources.base import (EPOCH, SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef)
+from pipelines.sources.base import (EPOCH, Raster, SensorArray, SensorProbe, Source, Tile, TileError, TileProbe,
+                                   TileRef, decode_raster)
+from pipelines.sources.pixels import valid_mask
 
 log = logging.getLogger(__name__)
 
@@ -125,14 +126,15 @@ class HLSBurnScars(Source):
         return refs
 
     # -- reading ---------------------------------------------------------------------------------
-    def _raster(self, ref: TileRef, key: str, read: bool) -> Raster:
+    def _scene_raster(self, ref: TileRef, key: str, read: bool) -> Raster:
+        """The scene's ``image`` or ``mask`` GeoTIFF, from the folder tree or from inside the tarball."""
         rel = ref.info.get(key)
         if rel is None:
             other = ref.info.get("image") or ref.info.get("mask")
             raise TileError(self.path(other), f"no {'_merged.tif image' if key == 'image' else '.mask.tif label'} "
                                               f"for scene {ref.id}")
         if ref.info["layout"] == "tree":
-            return read_raster(self, rel, read)
+            return self.read_raster(rel, read)
         tb = ref.info["layout"][4:]
         where = f"{self.root}!{rel}"
         try:
@@ -142,7 +144,7 @@ class HLSBurnScars(Source):
             raise TileError(where, f"unreadable tar member: {e}") from None
         if buf is None:
             raise TileError(where, "tar member is not a file")
-        return raster_from_bytes(buf, where, read)
+        return decode_raster(buf, where, read)
 
     def _check(self, ref: TileRef, img: Raster, msk: Raster) -> None:
         where = self.path(ref.info["image"])
@@ -155,8 +157,8 @@ class HLSBurnScars(Source):
                                                          f"{img.shape[2]})")
 
     def read_tile(self, ref: TileRef) -> Tile:
-        img = self._raster(ref, "image", True)
-        msk = self._raster(ref, "mask", True)
+        img = self._scene_raster(ref, "image", True)
+        msk = self._scene_raster(ref, "mask", True)
         self._check(ref, img, msk)
         if not self._fingerprinted:
             self._fingerprinted = True
@@ -176,8 +178,8 @@ class HLSBurnScars(Source):
         return Tile(ref.id, ref.split, {"hls": SensorArray(data, days, mask)}, {"burn": lab.astype(np.int8)})
 
     def probe(self, ref: TileRef) -> TileProbe:
-        img = self._raster(ref, "image", False)
-        msk = self._raster(ref, "mask", False)
+        img = self._scene_raster(ref, "image", False)
+        msk = self._scene_raster(ref, "mask", False)
         self._check(ref, img, msk)
         c, h, w = img.shape
         return TileProbe({"hls": SensorProbe((1, c, h, w), img.dtype.str, c, 1)}, {"burn": ((h, w), "|i1")})

@@ -1,4 +1,4 @@
-"""PASTIS-HD reader (PASTIS-R ``.npy`` series + SPOT6 GeoTIFF + ``metadata.geojson``), raw-formats.md §2.
+"""PASTIS-HD reader (PASTIS-R ``.npy`` series + SPOT6 GeoTIFF + ``metadata.geojson``).
 
 ::
 
@@ -13,8 +13,11 @@ its three stored channels (the archive *has* the ratio band, and AnySat feeds ex
 model, so the loader must not recompute it); ``s1-des`` = the descending orbit, VV and VH only, because
 that store-only sensor is registered with two bands (its third channel is VV-VH in dB).
 
-Split = ``"fold1"`` .. ``"fold5"`` (the official 5-fold protocol; ``DatasetSpec.extra["split_folds"]`` maps
-train/val/test onto folds 1-3/4/5 as everyone uses them). Labels: ``semantic`` (128, 128) uint8 = TARGET
+Split = ``"fold1"`` .. ``"fold5"`` (the official 5-fold protocol); ``DatasetSpec.split_folds`` maps
+train/val/test onto folds 1-3/4/5 as everyone uses them, and the normalisation statistics are those of
+folds 1-3 (``DatasetSpec.stats_splits``). Dates: days since 1970 like every store; AnySat's PASTIS
+loader counts days since 2018-09-01, which the PASTIS configs ask the trainer's loader for
+(``date_origin: "2018-09-01"``). Labels: ``semantic`` (128, 128) uint8 = TARGET
 channel 0, and ``classes`` (18,) uint8 multi-hot of classes 1..18 present (AnySat's classification).
 """
 
@@ -97,7 +100,7 @@ class PastisHD(Source):
                     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                     shape, _, dtype = read(f)
                 return tuple(int(s) for s in shape), np.dtype(dtype)
-            if self._local():
+            if self.is_local:
                 return np.load(where, allow_pickle=False)
             with self.open(rel) as f:
                 return np.load(f, allow_pickle=False)
@@ -107,21 +110,10 @@ class PastisHD(Source):
             raise TileError(where, f"unreadable npy ({type(e).__name__}: {e})") from None
 
     def _spot(self, rel: str, read: bool):
-        import rasterio
-        from rasterio.errors import RasterioIOError
-
-        try:
-            if self._local():
-                with rasterio.open(self.path(rel)) as ds:
-                    out = (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-            else:
-                with self.open(rel) as f, rasterio.MemoryFile(f.read()) as mem, mem.open() as ds:
-                    out = (ds.read() if read else None), (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0])
-        except (RasterioIOError, OSError, ValueError) as e:
-            raise TileError(self.path(rel), f"unreadable GeoTIFF: {e}") from e
-        if out[1][0] != 3 or out[2] != np.uint8:
-            raise TileError(self.path(rel), f"SPOT must be 3-band uint8, got {out[1][0]} bands {out[2]}")
-        return out
+        r = self.read_raster(rel, read)
+        if r.shape[0] != 3 or r.dtype != np.uint8:
+            raise TileError(self.path(rel), f"SPOT must be 3-band uint8, got {r.shape[0]} bands {r.dtype}")
+        return r.data, r.shape, r.dtype
 
     def _series_meta(self, ref: TileRef, sensor: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
         key, folder, prefix, keep = SERIES[sensor]

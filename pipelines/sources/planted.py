@@ -1,4 +1,4 @@
-"""PLANTED in the AnySat per-example ``.npz`` layout (raw-formats §4), which is what users hold.
+"""PLANTED in the AnySat per-example ``.npz`` layout, which is what users hold.
 
 ::
 

@@ -1,4 +1,4 @@
-"""S2NAIP-Urban reader (AI2-S2-NAIP, extracted), raw-formats.md §5.
+"""S2NAIP-Urban reader (AI2-S2-NAIP, extracted).
 
 ::
 
@@ -17,12 +17,13 @@ Two user-held layouts, detected automatically:
   [[YYYYMMDD]], "s1_dates": ..., "l8_dates": ...}`` (parallel lists). Tiles, splits and dates come from it.
 * **AI2**: no dict files. Tiles = ``naip/*.png``, split ``train`` (pre-training data, no official split),
   dates from ``sentinel2.csv`` / ``sentinel1.csv`` / ``landsat.csv`` read as ``tile,index,scene_id`` (a
-  GUESSED schema, raw-formats.md §16.3: unknown columns give -1 dates and a warning).
+  GUESSED schema, as AI2 does not document the columns: unknown columns give -1 dates and a warning).
 
 Each store sensor has one grid, so the 20 m (32 x 32) S2 bands and the Landsat multispectral bands are
-upsampled to 64 x 64 by exact 2 x 2 pixel replication: lossless (``x[..., ::2, ::2]`` recovers the
-archive) and recorded in ``DatasetSpec.extra["upsampled"]`` so a loader can reproduce AnySat's bilinear
-resize from the native pixels. Bands are then put in registry order (s2 B2..B12; l8 B8, B1..B7, B9..B11).
+upsampled to 64 x 64 by exact 2 x 2 pixel replication (nearest): lossless (``x[..., ::2, ::2]`` recovers
+the archive), so a loader can reproduce AnySat's bilinear resize from the native pixels. Upsampled bands:
+``s2`` B5, B6, B7, B8A, B11, B12; ``l8`` B1..B7, B9, B10, B11 (every band but the pan B8). Bands are then
+put in registry order (s2 B2..B12; l8 B8, B1..B7, B9..B11).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import logging
 import re
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from pipelines.sources.base import (SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef,
                                    days_since_epoch)
@@ -163,8 +165,6 @@ class S2NaipUrban(Source):
     # -- files -----------------------------------------------------------------------------------
 
     def _naip(self, tile: str, read: bool):
-        from PIL import Image, UnidentifiedImageError
-
         rel = f"naip/{tile}.png"
         try:
             with self.open(rel) as f, Image.open(io.BytesIO(f.read())) as im:
@@ -182,11 +182,12 @@ class S2NaipUrban(Source):
 
     def _stack(self, rel: str, per_image: int, read: bool):
         """(T, per_image, H, W) view of a band-stacked tif (bands grouped per image)."""
-        data, (count, h, w), dtype = self._raster(rel, read)
+        r = self.read_raster(rel, read)
+        count, h, w = r.shape
         if count % per_image:
             raise TileError(self.path(rel), f"{count} bands is not a multiple of {per_image} bands per image")
         shape = (count // per_image, per_image, h, w)
-        return (data.reshape(shape) if read else None), shape, dtype
+        return (r.data.reshape(shape) if read else None), shape, r.dtype
 
     def _series(self, tile: str, read: bool) -> dict[str, tuple]:
         """sensor -> (data or None, (T, C, H, W), dtype, mask channels)."""

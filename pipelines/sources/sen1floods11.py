@@ -1,4 +1,4 @@
-"""Sen1Floods11 reader (hand-labelled v1.1 chips), raw-formats.md §9.
+"""Sen1Floods11 reader (hand-labelled v1.1 chips).
 
 ::
 
@@ -26,12 +26,12 @@ import json
 import logging
 
 import numpy as np
+import pandas as pd
 
 from anysat.sensors import get_sensor
-import pipelines.datasets  # noqa: F401  (registers s2-aux and the other external sensors)
-from pipelines.sources._io import Raster, read_raster, valid_mask
-from pipelines.sources.base import (SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef,
+from pipelines.sources.base import (Raster, SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef,
                                    days_since_epoch)
+from pipelines.sources.pixels import valid_mask
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,6 @@ class Sen1Floods11(Source):
         return out
 
     def list_tiles(self) -> list[TileRef]:
-        import pandas as pd
-
         events = self._event_dates()
         refs: dict[str, TileRef] = {}
         for stem, split in SPLIT_FILES:
@@ -111,7 +109,7 @@ class Sen1Floods11(Source):
         return [refs[k] for k in sorted(refs)]
 
     def _rasters(self, ref: TileRef, read: bool) -> tuple[Raster, Raster, Raster]:
-        out = tuple(read_raster(self, f"{self.prefix}{HAND}/{layer}/{ref.id}_{layer}.tif", read)
+        out = tuple(self.read_raster(f"{self.prefix}{HAND}/{layer}/{ref.id}_{layer}.tif", read)
                     for layer in ("S1Hand", "S2Hand", "LabelHand"))
         s1, s2, lab = out
         hw = s1.shape[1:]

@@ -1,4 +1,4 @@
-"""So2Sat LCZ42 reader (v2 release: one HDF5 per split), raw-formats.md §10.
+"""So2Sat LCZ42 reader (v2 release: one HDF5 per split).
 
 ::
 
@@ -12,7 +12,8 @@ moves channels first with a plain ``transpose(2, 0, 1)``: AnySat's ``permute(0, 
 rows and columns, which we do not copy. Values stay float64 (lossless).
 
 Stored: ``s2`` (10 bands, registry order already), ``s1`` = sen1 channels [2, 0] (real parts of VV and
-VH: what AnySat feeds its S1 projector; the ratio is derived by the loader), ``s1-so2sat`` = all eight
+VH: what AnySat feeds its S1 projector; the VV/VH ratio is derived by the loader, with eps 1e-10 as for
+every ``s1``, where AnySat's So2Sat loader uses 1e-4), ``s1-so2sat`` = all eight
 ``sen1`` channels as in the file. No acquisition dates exist: dates are -1. Label ``lcz`` = argmax of the
 one-hot (a row that is not one-hot is a TileError). Tile id = ``{file stem}/{row}``.
 """
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 import logging
 
+import h5py
 import numpy as np
 
-from pipelines.sources._io import is_local
 from pipelines.sources.base import SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,10 @@ class So2Sat(Source):
         return d
 
     def _h5(self, stem: str):
-        import h5py
-
         if stem not in self._handles:
             rel = f"{stem}.h5"
             try:
-                fobj = self.path(rel) if is_local(self) else self.open(rel)
+                fobj = self.path(rel) if self.is_local else self.open(rel)
                 h5 = h5py.File(fobj, "r")
             except FileNotFoundError:
                 raise TileError(self.path(rel), "file missing") from None

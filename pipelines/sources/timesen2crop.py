@@ -1,4 +1,4 @@
-"""TimeSen2Crop reader (one CSV per pixel, one ``dates.csv`` per S2 tile folder), raw-formats.md §8.
+"""TimeSen2Crop reader (one CSV per pixel, one ``dates.csv`` per S2 tile folder).
 
 ::
 
@@ -18,7 +18,8 @@ the Flag itself is kept losslessly in the store-only sensor ``s2-flag`` (uint8).
 Columns are matched by header name when the header is a permutation of the expected names, by position
 otherwise (the exact header strings are unverified); a pixel CSV must have 10 columns and one row per
 date. Splits: AnySat's tile protocol (val ``33TWN``, test ``33UVP``, train every other 2017-18 tile);
-``2019_*`` folders, which AnySat leaves out, are the authors' temporal test set ``test-2019``.
+``2019_*`` folders, which AnySat leaves out, are the authors' temporal test set ``test-2019``. The
+authors' own protocol trains on all 2017-18 tiles (our train + val + test) and tests on ``test-2019``.
 Tile id = ``{TILE}/{class}/{stem}``; label ``crop`` = the class folder number (uint8).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 
 from pipelines.sources.base import SensorArray, Source, Tile, TileError, TileRef, days_since_epoch
 
@@ -85,8 +87,6 @@ class TimeSen2Crop(Source):
 
     def tile_dates(self, tile: str) -> np.ndarray:
         if tile not in self._dates:
-            import pandas as pd
-
             where = self.path(tile, "dates.csv")
             try:
                 with self.open(tile, "dates.csv") as f:
@@ -103,8 +103,6 @@ class TimeSen2Crop(Source):
         return self._dates[tile]
 
     def read_tile(self, ref: TileRef) -> Tile:
-        import pandas as pd
-
         tile, cname, stem = ref.id.split("/")
         rel = f"{tile}/{cname}/{stem}.csv"
         where = self.path(rel)

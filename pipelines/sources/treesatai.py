@@ -1,6 +1,6 @@
 """TreeSatAI-TS reader (aerial GeoTIFF + per-patch Sentinel HDF5 + genus-fraction labels).
 
-Two user-held layouts are detected automatically (raw-formats.md §1):
+Two user-held layouts are detected automatically:
 
 * **HF release** (``IGNF/TreeSatAI-Time-Series`` unzipped): ``aerial/{name}.tif``,
   ``sentinel-ts/{stem}_{year}.h5``, ``labels/TreeSatBA_v9_60m_multi_labels.json``,
@@ -22,6 +22,7 @@ import json
 import logging
 import re
 
+import h5py
 import numpy as np
 
 from pipelines.datasets import TREESAT_CLASSES
@@ -127,21 +128,19 @@ class TreeSatAITS(Source):
 
 
     def _aerial(self, rel: str, read: bool = True):
-        data, shape, dtype = self._raster(rel, read)
+        r = self.read_raster(rel, read)
         # GDAL_NODATA="-9999" on a uint8 raster is an archive artefact: no pixel can hold it, so no mask.
-        if shape[0] != 4:
-            raise TileError(self.path(rel), f"aerial must have 4 bands (IR, G, B, R), got {shape[0]}")
-        if dtype != np.uint8:
-            raise TileError(self.path(rel), f"aerial dtype {dtype}, expected uint8")
-        return data, shape, dtype
+        if r.shape[0] != 4:
+            raise TileError(self.path(rel), f"aerial must have 4 bands (IR, G, B, R), got {r.shape[0]}")
+        if r.dtype != np.uint8:
+            raise TileError(self.path(rel), f"aerial dtype {r.dtype}, expected uint8")
+        return r.data, r.shape, r.dtype
 
     def _series(self, rel: str, stem: str, layout: str, read: bool) -> dict[str, tuple]:
         """sensor -> (data or shape, days, dtype); validated shapes and date counts."""
-        import h5py
-
         where = self.path(rel)
         try:
-            if self._local():
+            if self.is_local:
                 fobj = where
             else:
                 with self.open(rel) as f:

@@ -1,4 +1,4 @@
-"""Task heads and the encoder+head wrapper (spec §4.2)."""
+"""Task heads and the encoder+head wrapper."""
 
 from __future__ import annotations
 

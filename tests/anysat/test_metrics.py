@@ -1,4 +1,4 @@
-"""Downstream metrics and losses against values worked out by hand on tiny cases (spec §4.3–4.4),
+"""Downstream metrics and losses against values worked out by hand on tiny cases,
 and against torchmetrics' own classes where a standard definition exists."""
 
 from __future__ import annotations

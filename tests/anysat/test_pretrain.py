@@ -1,4 +1,4 @@
-"""JEPA pretraining parts: masks, losses, EMA, predictor, and one full JEPA step (spec §3)."""
+"""JEPA pretraining parts: masks, losses, EMA, predictor, and one full JEPA step."""
 
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ def test_context_truncated_to_batch_minimum_and_nonempty_with_official_scales():
         assert m.enc.shape[1] >= 1
         assert all(row.tolist() == sorted(set(row.tolist())) for row in m.enc)
         sizes.append(m.enc.shape[1])
-    # Spec §7 item 7: with the official scales the context of a 6x6 grid collapses to a few patches.
+    # With the official scales (4 targets of 20-80 % of the grid to avoid) the context of a 6x6 grid
+    # collapses to a few patches.
     assert sum(sizes) / len(sizes) < 6
 
 
@@ -215,7 +216,9 @@ def test_normalize_targets_has_no_affine():
 
 
 def _mil_nce_loops(tokens, valid=None, tau=0.1):
-    """Spec §3.7 written out entry by entry."""
+    """MIL-NCE written out entry by entry: for row r = (modality k, sample b, patch p),
+    logsumexp over every allowed column minus logsumexp over the same (b, p) in the other modalities;
+    same-modality same-sample entries (and invalid patches) are excluded."""
     m = len(tokens)
     b, n, _ = tokens[0].shape
     ok = lambda k, s, p: True if valid is None else bool(valid[k][s, p])  # noqa: E731
@@ -326,7 +329,7 @@ def test_ema_teacher_moves_toward_student_and_stays_frozen():
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_predictor_parameter_count_matches_spec():
+def test_predictor_parameter_count_matches_official():
     d = 256  # hub tiny
     p = Predictor(d)
     expected = 2 * (d * d + d) + 2 * d + 4 * (12 * d * d + 13 * d) + 2 * d
@@ -432,7 +435,7 @@ def _check_step(jepa: JEPA, batch, patch_size: int):
         if name.startswith("teacher."):
             assert not p.requires_grad and p.grad is None, name
             continue
-        if not p.requires_grad:  # the LTAE pad scalars: never trained (spec §7 item 22)
+        if not p.requires_grad:  # the LTAE pad scalars: the official pretraining never trains them
             assert name.endswith("pad_parameter"), name
             continue
         assert p.grad is not None, f"no gradient reaches {name}"
@@ -525,7 +528,7 @@ def test_context_gather_true_index_and_official_shift():
     assert torch.equal(got, expected)
     jepa.official_context_shift = True
     got = jepa._context_tokens(tokens, pe, ctx, has_context=False)[..., 0]
-    # modality i reads flat index idx + 1 + i*(N-1) of the concatenated sequence (spec §7 item 5)
+    # official indexing: modality i reads flat index idx + 1 + i*(N-1) of the concatenated sequence
     flat = torch.cat([t[..., 0] for t in tokens], dim=1)
     expected = torch.cat([torch.gather(flat, 1, ctx + 1 + i * (n_tok - 1)) for i in range(3)], dim=1)
     assert torch.equal(got, expected)

@@ -327,28 +327,18 @@ def _referenced_entrypoints() -> list[tuple[str, str]]:
     return refs
 
 
-# Modules other engineers are still writing; their absence skips, anything else must exist.
-_NOT_YET_LANDED_OK = ("ray_jobs.", "pipelines.")
-
-
 @pytest.mark.parametrize("where,module", _referenced_entrypoints(), ids=lambda x: str(x))
 def test_entrypoint_modules_exist(where, module):
     root = module.split(".")[0]
     if root in ("pip", "venv", "mlflow", "ray", "moto"):  # third-party tools, not project code
         return
-    if _module_file(module) is None:
-        if module.startswith(_NOT_YET_LANDED_OK):
-            pytest.skip(f"{module} (named in {where}) has not landed in the repo yet")
-        pytest.fail(f"{where} runs `python -m {module}` but there is no such module")
+    assert _module_file(module) is not None, f"{where} runs `python -m {module}` but there is no such module"
 
 
 def test_rayjob_config_file_exists():
     argv = _entrypoint_argv(_rayjob()["spec"]["entrypoint"])
     config = REPO / argv[argv.index("--config") + 1]
-    if not config.exists():
-        if _module_file("ray_jobs.pretrain") is None:
-            pytest.skip(f"{config.relative_to(REPO)} ships with ray_jobs.pretrain, which has not landed yet")
-        pytest.fail(f"RayJob --config {config.relative_to(REPO)} does not exist")
+    assert config.exists(), f"RayJob --config {config.relative_to(REPO)} does not exist"
 
 
 def test_launcher_installs_the_project_and_keeps_dashboard_local():

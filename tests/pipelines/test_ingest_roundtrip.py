@@ -8,7 +8,7 @@ import pytest
 
 from pipelines.datasets import DATASETS, get_dataset
 from pipelines.ingest import ordered_listing, run_ingest
-from pipelines.samplegen import GENERATORS, generator_available, get_generator
+from pipelines.samplegen import generator_available, get_generator
 from pipelines.store import StoreReader
 
 
@@ -16,7 +16,7 @@ def _params():
     for name in DATASETS:
         marks = []
         if not generator_available(name):
-            marks.append(pytest.mark.skip(reason=f"pipelines/samplegen/{GENERATORS.get(name, '?')}.py not written yet"))
+            marks.append(pytest.mark.skip(reason=f"{get_dataset(name).generator_module} not written yet"))
         else:
             try:
                 get_dataset(name).source_class()
@@ -58,4 +58,4 @@ def test_store_equals_source(dataset, tmp_path, ray_session):
             np.testing.assert_array_equal(b[f"labels/{name}"][i], v, err_msg=f"{ref.id} {name}")
     for key in r.sensors:
         st = r.stats(key)
-        assert len(st["mean"]) == r.sensor_info(key)["channels"]
+        assert len(st["mean"]) == r.meta.sensors[key].channels

@@ -213,7 +213,7 @@ def test_pastis_listing_is_folds(pastis):
     assert [r.id for r in refs] == ["10000", "10001", "20000", "30000", "40000"]
     assert {r.id: r.split for r in refs} == want
     assert sorted(want.values()) == [f"fold{k}" for k in range(1, 6)]
-    assert get_dataset("pastis-hd").extra["split_folds"]["test"] == ("fold5",)
+    assert get_dataset("pastis-hd").split_folds["test"] == ("fold5",)
 
 
 def test_pastis_tiles_match_raw_files(pastis):

@@ -33,7 +33,7 @@ def test_whole_shard_writer_matches_zarr(tmp_path, monkeypatch, fast):
     rng = np.random.default_rng(0)
     blocks = [(s, _block(layout, s, min(4, 10 - s), rng)) for s in (0, 4, 8)]
     monkeypatch.setattr(st, "FAST_SHARD_IO", fast)
-    root = st.create_store(str(tmp_path / "a.zarr"), layout, {"format": st.FORMAT, "format_version": 1})
+    root = st.create_store(str(tmp_path / "a.zarr"), layout, st.StoreMeta.for_layout(layout))
     for s, b in blocks:
         st.write_block(root, s, b)
     # zarr itself (generic reader) sees exactly the values, whoever encoded the shards

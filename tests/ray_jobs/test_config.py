@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ray_jobs.config import (ConfigError, PretrainConfig, TrainConfig, apply_overrides, check_stores, flatten,
-                             is_secret, load_config, parse_override, resolve_paths)
+from ray_jobs.config import (ConfigError, PretrainConfig, TrainConfig, apply_overrides, check_stores, load_config,
+                             parse_override, resolve_paths)
+from ray_jobs.tracking import flatten, is_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs/pretrain/geoplex-tiny.yaml"
@@ -35,13 +36,13 @@ def test_overrides_types_and_paths():
     cfg = load_config(TINY, ["train.max_steps=7", "storage_path=s3://bucket/runs", "optim.lr=1e-3",
                              "optim.betas=[0.8, 0.9]", "mlflow.registered_model_name=null",
                              "data.datasets.planted.batch_size=3", "data.datasets.1.weight=5",
-                             "model.kwargs.attn_mode=tokens", "train.grad_clip=0.5"])
+                             "model.kwargs.attention=tokens", "train.grad_clip=0.5"])
     assert cfg.train.max_steps == 7
     assert cfg.storage_path == "s3://bucket/runs"
     assert cfg.optim.lr == 1e-3 and cfg.optim.betas == (0.8, 0.9)
     assert cfg.mlflow.registered_model_name is None
     assert cfg.data.datasets[0].batch_size == 3 and cfg.data.datasets[1].weight == 5.0
-    assert cfg.model.kwargs == {"attn_mode": "tokens"}
+    assert cfg.model.kwargs == {"attention": "tokens"}
     # later --set wins
     assert load_config(TINY, ["seed=1", "seed=2"]).seed == 2
 

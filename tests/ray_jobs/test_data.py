@@ -1,16 +1,19 @@
-"""ray_jobs.data: plans from real stores, streaming reads, exact resume, collation."""
+"""ray_jobs.plan + ray_jobs.data: plans from real stores, streaming reads, exact resume, collation."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from pipelines.store import StoreReader
 from ray_jobs.config import load_config, resolve_paths
-from ray_jobs.data import (StoreStream, collate, convert_dates, resolve_plans, stream_items,
-                           tokens_per_sample)
+from ray_jobs.data import StoreStream, collate, convert_dates, stream_items
+from ray_jobs.plan import resolve_plans
 
 from ray_jobs_helpers import TINY, tiny_overrides
 
@@ -31,14 +34,19 @@ def plans(sample_stores):
 
 def test_plans_follow_registry_and_store(plans):
     p, t = plans["planted"], plans["treesatai-ts"]
-    assert list(p["sensors"]) == ["s2", "s1", "l7", "alos", "modis"]
-    assert list(t["sensors"]) == ["aerial", "s2", "s1-asc"]  # s1-des is stored but not a model sensor
-    assert p["patch_sizes_m"] == [30] and t["patch_sizes_m"] == [10, 20]
-    s1 = p["sensors"]["s1"]
-    assert [b["name"] for b in s1["bands"]] == ["VV", "VH", "VV/VH"]
-    assert "num" in s1["bands"][2] and np.isfinite(s1["mean"][2]) and s1["std"][2] > 0  # derived ratio
-    assert tokens_per_sample(p, 30) == 4 * 4 * 4 + 1  # 4x4 patches x 4 sensors + the MODIS token
-    assert tokens_per_sample(t, 10) == 36 * 3
+    assert list(p.sensors) == ["s2", "s1", "l7", "alos", "modis"]
+    assert list(t.sensors) == ["aerial", "s2", "s1-asc"]  # s1-des is stored but not a model sensor
+    assert p.patch_sizes_m == (30,) and t.patch_sizes_m == (10, 20)
+    s1 = p.sensors["s1"]
+    assert [b.name for b in s1.bands] == ["VV", "VH", "VV/VH"]
+    assert s1.bands[2].num is not None and np.isfinite(s1.mean[2]) and s1.std[2] > 0  # derived ratio
+    assert p.tokens_per_sample(30) == 4 * 4 * 4 + 1  # 4x4 patches x 4 sensors + the MODIS token
+    assert t.tokens_per_sample(10) == 36 * 3
+    # plans travel to workers and read tasks: frozen, picklable plain data
+    assert pickle.loads(pickle.dumps(p)) == p
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.batch_size = 1
+    assert p.n_split == len(StoreReader(p.url).split_indices("train"))  # counted once, from tiles/split
 
 
 def test_bad_config_against_store(sample_stores):
@@ -60,7 +68,7 @@ def test_items_split_ranks_disjointly(plans):
 
 
 def test_stream_is_deterministic_resumable_and_rank_disjoint(ray_session, plans):
-    p = dict(plans["planted"], batch_size=4)
+    p = plans["planted"].replace(batch_size=4)
     s0 = StoreStream(p, "train", train=True, rank=0, world=2, seed=5)
     per_epoch = s0.tiles_per_epoch
     n = 2 * per_epoch // 4 + 2  # more than two epochs: batches span epoch boundaries
@@ -79,7 +87,7 @@ def test_stream_is_deterministic_resumable_and_rank_disjoint(ray_session, plans)
     s1 = StoreStream(p, "train", train=True, rank=1, world=2, seed=5)
     other = np.concatenate([x["tile"] for _, x in zip(range(4), s1.batches(0))])[:s1.tiles_per_epoch]
     assert not set(e0.tolist()) & set(other.tolist())
-    assert len(e0) + len(other) == p["n_split"]  # and together cover the split
+    assert len(e0) + len(other) == p.n_split  # and together cover the split
 
 
 def test_collate_pads_time_and_normalises(ray_session, plans):

@@ -34,28 +34,29 @@ def test_embed_patch_embeddings_and_segmentation_maps(ray_session, sample_stores
     from anysat.heads import TaskModel
     from pipelines.store import StoreReader
     from ray_jobs import embed
-    from ray_jobs.finetune import FT_STATE_FILE, build_task_model, load_encoder, prepare
     from ray_jobs.finetune_config import ResolvedTask
+    from ray_jobs.task import FT_STATE_FILE, build_task_model, load_encoder, prepare_task
 
     sets = ["--set", f"data.root={sample_stores}", "--set", f"storage_path={tmp_path / 'runs'}"]
-    cfg, plan, task, splits = prepare(str(LP_TINY), [s for s in sets if s != "--set"])
+    cfg, plan, task = prepare_task(str(LP_TINY), [s for s in sets if s != "--set"])
+    splits = sorted(plan.split_aliases)
 
     # 1) patch embeddings of the config's (scratch, seeded) encoder, two splits only
     out = tmp_path / "emb"
     rc = embed.main(["--config", str(LP_TINY), *sets, "--out", str(out), "--encoder-only", "--output", "patch",
                      "--splits", "train,test", "--batch-size", "3"])
     assert rc == 0
-    src, emb = StoreReader(plan["url"]), StoreReader(str(out / "treesatai-ts.zarr"))
+    src, emb = StoreReader(plan.url), StoreReader(str(out / "treesatai-ts.zarr"))
     assert len(emb) == len(src) and emb.tiles_per_shard == src.tiles_per_shard
     assert (emb.ids() == src.ids()).all() and (emb.splits() == src.splits()).all()
-    assert emb.sensors == ["anysat-patch"] and emb.attrs["embedding"]["output"] == "patch"
-    info = emb.sensor_info("anysat-patch")
-    assert (info["channels"], info["height"], info["resolution_m"]) == (256, 3, 20.0)  # 60 m tile / 20 m
+    assert emb.sensors == ["anysat-patch"] and emb.meta.embedding.output == "patch"
+    info = emb.meta.sensors["anysat-patch"]
+    assert (info.channels, info.height, info.resolution_m) == (256, 3, 20.0)  # 60 m tile / 20 m
     block = emb.read(0, len(emb), ["anysat-patch"], labels=False)
     data = block["anysat-patch/data"][:, 0]  # (N, D, n, n)
 
     torch.manual_seed(cfg.seed)
-    enc = load_encoder(cfg, list(plan["sensors"])).eval()
+    enc = load_encoder(cfg, list(plan.sensors)).eval()
     for split in ("train", "test"):
         ref = _direct(plan, split, cfg.seed, lambda x, pad: enc(x, patch_size=20, output="patch", pad_mask=pad))
         assert ref
@@ -69,7 +70,7 @@ def test_embed_patch_embeddings_and_segmentation_maps(ray_session, sample_stores
                             head="dense", output_modality="s2", proj_size=1, patch_size_m=20, loss="ce_ignore",
                             monitor="miou", conventions=[], ignore_index=None)
     torch.manual_seed(3)
-    model = build_task_model(load_encoder(cfg, list(plan["sensors"])), seg_task, freeze=False).eval()
+    model = build_task_model(load_encoder(cfg, list(plan.sensors)), seg_task, freeze=False).eval()
     with torch.no_grad():
         model.net.head.linear.bias.copy_(torch.tensor([0.0, 0.3, -0.3]))
     ck = tmp_path / "ft-run" / "checkpoint_000000"

@@ -16,6 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from ray_jobs.task import FT_STATE_FILE
 from ray_jobs_helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -113,7 +114,7 @@ def test_ft_planted_from_scratch_above_chance(ray_session, planted_store, tmp_pa
     # checkpoint: pretraining format + fine-tuning extras (best weights at the best val step)
     ck = _latest_checkpoint(tmp_path / "runs" / "ft-planted")
     state = torch.load(ck / "state.pt", weights_only=True)
-    extra = torch.load(ck / finetune.FT_STATE_FILE, weights_only=True)
+    extra = torch.load(ck / FT_STATE_FILE, weights_only=True)
     assert state["step"] == 60 and state["mlflow_run_id"] == run.info.run_id
     assert extra["best"]["step"] in (20, 40, 60) and extra["best_weights"]
     assert extra["best"]["value"] == pytest.approx(max(

@@ -1,4 +1,4 @@
-"""Fine-tuning configs (every experiment of spec §4.5 our datasets cover) and the pieces of the
+"""Fine-tuning configs (every fine-tuning experiment of the AnySat paper our datasets cover) and the pieces of the
 fine-tuning service that need no Ray: task resolution, label crops, heads built per task."""
 
 from __future__ import annotations
@@ -85,8 +85,13 @@ def test_overrides_and_errors():
 def test_label_crop_follows_image_crop():
     """Dense labels are cropped at the offsets the parent reader used for the image (train: random)."""
     from ray_jobs.data import ReadRange
+    from ray_jobs.plan import DataPlan
 
-    rr = ReadRange({"name": "flair", "crop": {}, "sensors": {}}, "train", True, 0, label="semantic")
+    plan = DataPlan(name="flair", url="", storage_options={}, sensors={}, split="train", val_split=None,
+                    split_aliases={"train": ("train",)}, split_counts={}, batch_size=2, weight=1.0,
+                    patch_sizes_m=(10,), tile_m=100.0, crop={}, temporal_dropout=None, date_origin=None,
+                    n_tiles=0, tiles_per_shard=1, provenance={})
+    rr = ReadRange(plan, "train", True, 0, label="semantic")
     img = np.arange(2 * 1 * 1 * 8 * 8).reshape(2, 1, 1, 8, 8)
     cropped, _ = rr._crop(img, None, 5, np.array([3, 9]), "aerial-flair", 0)
     # the label holds the same numbers as the image's only band: its crop must equal the image crop
@@ -101,8 +106,8 @@ def test_label_crop_follows_image_crop():
 
 def test_heads_per_task_and_lp_freezes():
     from anysat import AnySat
-    from ray_jobs.finetune import build_task_model
     from ray_jobs.finetune_config import ResolvedTask
+    from ray_jobs.task import build_task_model
 
     torch.manual_seed(0)
     enc = AnySat.from_size("tiny", sensors=["s2"])
@@ -114,11 +119,11 @@ def test_heads_per_task_and_lp_freezes():
     before = {k: v.clone() for k, v in m.encoder.state_dict().items()}
     m.train()
     assert not m.encoder.training
-    assert {id(p) for p in m.student_parameters()} == {id(p) for p in m.net.head.parameters()}
+    assert {id(p) for p in m.trainable_parameters()} == {id(p) for p in m.net.head.parameters()}
     logits = m(x)
     assert logits.shape == (2, 4, 16, 16)  # 8 px of s2, 2x2 sub-pixels per 10 m cell
     loss = m.criterion(logits, torch.randint(0, 4, (2, 16, 16)))
     loss.backward()
-    opt = torch.optim.AdamW(m.student_parameters(), 1e-2)
+    opt = torch.optim.AdamW(m.trainable_parameters(), 1e-2)
     opt.step()
     assert all(torch.equal(v, m.encoder.state_dict()[k]) for k, v in before.items())

@@ -14,7 +14,7 @@ import torch
 from mlflow import MlflowClient
 
 from ray_jobs import pretrain
-from ray_jobs.train import CHECKPOINT_FILE, load_checkpoint_state
+from ray_jobs.runtime import CHECKPOINT_FILE, load_checkpoint_state
 from ray_jobs_helpers import REPO, TINY, both_datasets_seed, tiny_overrides
 
 FT_TINY = REPO / "configs/finetune/planted-cls-ft-tiny.yaml"
@@ -108,8 +108,8 @@ def test_ddp_fit_s3_stores_s3_checkpoints_mlflow(ray_session, s3_server, s3_stor
     assert set(sd) == {t[len("module."):] for t in teacher}
     assert all(torch.equal(sd[t], teacher[f"module.{t}"]) for t in sd) and not torch.equal(sd[k], enc[k])
     from ray_jobs.config import load_config
-    from ray_jobs.finetune import load_encoder
     from ray_jobs.finetune_config import FinetuneConfig
+    from ray_jobs.task import load_encoder
 
     ft = load_config(FT_TINY, ["encoder.source=mlflow", "encoder.uri=models:/anysat-e2e/1",
                                f"mlflow.tracking_uri={uri}"], cls=FinetuneConfig)

@@ -7,12 +7,13 @@
   (``proj_size``) > 1 lets one sub-patch token predict a π×π block of finer pixels (FLAIR: 2 m
   tokens → 10×10 blocks of 0.2 m pixels). Inside a sub-patch the output vector is ordered
   (row, col, class), as in the official head.
-* :class:`TaskModel` — encoder + head; ``freeze_encoder=True`` is linear probing.
+* :class:`TaskModel` — encoder + head; ``freeze_encoder=True`` is linear probing, and with
+  ``train_modules`` (the new projectors) the official LP+ (``freeze_new``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -71,12 +72,18 @@ class TaskModel(nn.Module):
     leaves the frozen encoder in train mode, so its LTAE dropout stays active; here features are
     deterministic.) With ``freeze_encoder=False`` the whole model is fine-tuned.
 
+    ``train_modules`` (names of encoder sub-modules, e.g. ``["projector_hls"]``) are left trainable
+    and follow ``.train()`` while the rest of the encoder is frozen and in eval mode: the official LP+
+    (``freeze_new``), which trains the projectors of sensors the pretrained encoder did not have, and
+    the head. The frozen encoder then runs with autograd, so gradients reach those projectors.
+
     The encoder output mode comes from the head's ``encoder_output`` (``"tile"`` or ``"dense"``).
     ``output_modality`` selects the dense modality (official default: first input modality).
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module, freeze_encoder: bool = False,
-                 patch_size: int | None = None, output_modality: str | None = None) -> None:
+                 patch_size: int | None = None, output_modality: str | None = None,
+                 train_modules: Iterable[str] = ()) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -84,15 +91,22 @@ class TaskModel(nn.Module):
         self.patch_size = patch_size
         self.output_modality = output_modality
         self.encoder_output = getattr(head, "encoder_output", "tile")
+        self.train_modules = tuple(train_modules)
+        if self.train_modules and not self.freeze_encoder:
+            raise ValueError("train_modules only make sense with freeze_encoder=True")
         if self.freeze_encoder:
-            for p in self.encoder.parameters():
-                p.requires_grad_(False)
-            self.encoder.eval()
+            trainable = {f"{name}.{k}" for name in self.train_modules
+                         for k, p in self.encoder.get_submodule(name).named_parameters() if p.requires_grad}
+            for k, p in self.encoder.named_parameters():
+                p.requires_grad_(k in trainable)
+            self.train(self.training)
 
     def train(self, mode: bool = True) -> "TaskModel":
         super().train(mode)
         if self.freeze_encoder:
             self.encoder.eval()
+            for name in self.train_modules:
+                self.encoder.get_submodule(name).train(mode)
         return self
 
     def features(self, inputs: Mapping[str, Any], patch_size: int | None = None,
@@ -105,7 +119,7 @@ class TaskModel(nn.Module):
             kwargs["output_modality"] = self.output_modality
         if pad_mask is not None:
             kwargs["pad_mask"] = pad_mask
-        if self.freeze_encoder:
+        if self.freeze_encoder and not self.train_modules:
             with torch.no_grad():
                 return self.encoder(inputs, **kwargs)
         return self.encoder(inputs, **kwargs)

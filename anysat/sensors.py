@@ -12,6 +12,9 @@ without code changes::
 Band tuples are the order the *model* consumes. Some bands are derived by the loader from raw bands
 (the S1/ALOS cross-polarisation ratio); :attr:`Sensor.derived` names them so the store can keep only
 what the archive holds (lossless) and the loader recomputes the rest exactly as the official code does.
+A sensor can also be assembled from *another* stored sensor slot by slot (:class:`SlotSource`): SICKLE
+stores Landsat-8 as its 8 Collection-2 bands (``l8-sr``), and the loader places them into the official
+11-slot ``l8`` input, zero-filling and masking the slots the archive does not have.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Sensor", "SENSORS", "register_sensor", "get_sensor", "sensor_keys", "DerivedBand"]
+__all__ = ["Sensor", "SENSORS", "register_sensor", "get_sensor", "sensor_keys", "DerivedBand", "SlotSource"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,21 @@ class DerivedBand:
     denominator: str
     eps: float = 1e-10
     clip: float = 1e4
+
+
+@dataclass(frozen=True)
+class SlotSource:
+    """How the loader assembles this sensor's input from the bands of another stored sensor.
+
+    ``slots`` pairs (model band, stored band of ``sensor``); a model band not listed is a *filled
+    slot*: zero after normalisation and masked invalid, so the LTAE projector sees its pad value there
+    (what the official loaders do for channels an archive lacks)."""
+
+    sensor: str
+    slots: tuple[tuple[str, str], ...]
+
+    def stored_band(self, model_band: str) -> str | None:
+        return dict(self.slots).get(model_band)
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,8 @@ class Sensor:
     context: bool = False
     """One token per tile placed before the patch tokens, no positional encoding (MODIS)."""
     derived: tuple[DerivedBand, ...] = field(default_factory=tuple)
+    sources: tuple[SlotSource, ...] = field(default_factory=tuple)
+    """Other stored sensors this one can be assembled from when a store lacks it (see SlotSource)."""
 
     @property
     def channels(self) -> int:
@@ -76,6 +96,11 @@ class Sensor:
 _S1_RATIO = DerivedBand("VV/VH", "VV", "VH")
 _ALOS_RATIO = DerivedBand("HH/HV", "HH", "HV")
 _S2_BANDS = ("B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12")
+# The official SICKLE loader puts Landsat-8 Collection-2 L2 (SR_B1..SR_B7 surface reflectance, ST_B10 surface
+# temperature) into the 11 slots of the ``l8`` projector [B8 pan, B1..B7, B9, B10, B11] as
+# [pad, SR_B1..SR_B7, pad, ST_B10, pad], the pads masked out: slots 1-7 <- SR_B1..SR_B7, slot 9 (B10, thermal)
+# <- ST_B10, slots 0 (B8 pan), 8 (B9 cirrus) and 10 (B11, second thermal) filled and masked.
+_L8_FROM_SR = SlotSource("l8-sr", tuple((f"B{i}", f"SR_B{i}") for i in range(1, 8)) + (("B10", "ST_B10"),))
 
 SENSORS: dict[str, Sensor] = {}
 
@@ -122,7 +147,7 @@ for _s in (
            derived=(_ALOS_RATIO,)),
     Sensor("l7", 30, ("B1", "B2", "B3", "B4", "B5", "B7"), True, "ltae", subpatch_m=30, reduce_scale=3),
     Sensor("l8", 10, ("B8", "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B9", "B10", "B11"), True, "ltae",
-           subpatch_m=10, t0=366, dropout=0.0),
+           subpatch_m=10, t0=366, dropout=0.0, sources=(_L8_FROM_SR,)),
     Sensor("modis", 250, ("B1", "B2", "B3", "B4", "B5", "B6", "B7"), True, "ltae", subpatch_m=250,
            reduce_scale=12, context=True),
 ):

@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     before = local_stack.State.load(state_dir)
     was_running = before is not None and local_stack._process(before, "ray") is not None
     state = local_stack.up(state_dir, services=("ray",))
-    env = dict(os.environ)
+    # The same variables as `source .stack/env`: RAY_ADDRESS (GCS) for drivers such as the ingest,
+    # RAY_API_SERVER_ADDRESS (dashboard) for `ray job submit`.
+    env = {k: v for k, v in os.environ.items() if k not in local_stack.UNSET}
     env.update(local_stack.user_env(state))
-    driver_env = dict(env, RAY_ADDRESS=env["ANYSAT_RAY_GCS_ADDRESS"])  # drivers join via the GCS
     submit = [py, "-m", "ray.scripts.scripts", "job", "submit", "--working-dir", str(REPO), "--"]
     # Jobs run in a copy of the working dir: every path they get is absolute.
     common = ["--set", f"data.root={stores}", "--set", f"storage_path={runs}",
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         _step(3, n, "ingest both archives into sharded Zarr stores with Ray Data")
         for name in DATASETS:
             _run([py, "-m", "pipelines.ingest", "--dataset", name, "--raw", str(raw / name), "--out", str(stores)],
-                 env=driver_env)
+                 env=env)
 
         _step(4, n, f"JEPA pretraining of a tiny AnySat ({args.pretrain_steps} steps, 2 DDP workers)")
         k = args.pretrain_steps

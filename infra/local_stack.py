@@ -2,7 +2,8 @@
 
     python -m infra.local_stack up|down|status|env [--state-dir DIR] [--purge]
 
-* Ray head with the dashboard / job server, token authentication on (Ray >= 2.52).
+* Ray head with the dashboard / job server, token authentication on (Ray >= 2.52), every one of
+  its servers on loopback (see `_start_ray`).
 * `mlflow server` with a sqlite backend and an `s3://` artifact destination (proxied, so clients
   need no S3 credentials to log artifacts).
 * moto's S3 API server, with a bucket created on start, so training and ingest read and write the
@@ -10,7 +11,9 @@
 
 Everything it owns lives in the state directory (default `<repo>/.stack`, or
 `$ANYSAT_STACK_DIR`): pid records, logs, the sqlite database, the Ray token and `env`, a file of
-shell exports to `source`. `down` stops only the processes recorded there.
+shell exports to `source`: RAY_ADDRESS (the GCS, for drivers), RAY_API_SERVER_ADDRESS (the job
+server, for `ray job submit`), token auth, MLflow and S3. `down` stops only the processes
+recorded there.
 
 Ports come from the environment (0 = pick a free one): ANYSAT_RAY_PORT (6379),
 ANYSAT_DASHBOARD_PORT (8265), ANYSAT_MLFLOW_PORT (5000), ANYSAT_S3_PORT (9000); the bucket from
@@ -66,10 +69,26 @@ class Ports:
     dashboard: int
     mlflow: int
     s3: int
-    # Ray's defaults (10001, 52365) would collide between two stacks on one machine (a developer's
-    # stack plus the test suite's), so these internal ports are always chosen free.
+    # Ray's internal ports. Its defaults (client server 10001, agent 52365, metrics 44217/44227,
+    # the rest random) would collide between two stacks on one machine (a developer's stack plus
+    # the test suite's), so they are always chosen free and recorded, which also lets the tests
+    # check every listener by port.
     ray_client: int = 0
-    dashboard_agent: int = 0
+    dashboard_agent: int = 0  # the agent's HTTP server (--dashboard-agent-listen-port)
+    dashboard_agent_grpc: int = 0  # --dashboard-agent-grpc-port
+    runtime_env_agent: int = 0  # --runtime-env-agent-port
+    metrics_export: int = 0  # the agent's Prometheus exporter (--metrics-export-port)
+    dashboard_metrics: int = 0  # the dashboard's own Prometheus server ($DASHBOARD_METRIC_PORT)
+    autoscaler_metrics: int = 0  # the autoscaler monitor's Prometheus server ($AUTOSCALER_METRIC_PORT)
+
+
+# Ray's switch for multi-node clusters (ray._private.ray_constants.ENABLE_RAY_CLUSTER; off by
+# default on macOS and Windows). Off, `ray start` and `ray.init` keep 127.0.0.1 as the node and
+# GCS address instead of replacing it with the machine's external IP (services.get_node_ip_address).
+LOOPBACK_ONLY_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+INTERNAL_PORTS = ("ray_client", "dashboard_agent", "dashboard_agent_grpc", "runtime_env_agent",
+                  "metrics_export", "dashboard_metrics", "autoscaler_metrics")
 
 
 @dataclass
@@ -130,8 +149,8 @@ def fresh_state(state_dir: Path) -> State:
         mlflow=_port_from_env("ANYSAT_MLFLOW_PORT", 5000, taken),
         s3=_port_from_env("ANYSAT_S3_PORT", 9000, taken),
     )
-    ports.ray_client = _unique_free_port(taken)
-    ports.dashboard_agent = _unique_free_port(taken)
+    for name in INTERNAL_PORTS:
+        setattr(ports, name, _unique_free_port(taken))
     # Ray puts unix sockets under its temp dir; AF_UNIX paths are capped at 107 bytes, which a
     # repo or pytest path plus Ray's session/sockets suffix easily exceeds. A short, per-state-dir
     # name under the system temp dir keeps every stack separate and within the limit.
@@ -179,39 +198,59 @@ def s3_env(state: State) -> dict[str, str]:
 
 
 def user_env(state: State) -> dict[str, str]:
-    """What a shell needs to use the stack: `source <state_dir>/env`."""
+    """What a shell needs to use the stack: `source <state_dir>/env`.
+
+    Two Ray addresses, each under the variable its reader looks for: ``RAY_ADDRESS`` is the GCS
+    address, which ``ray.init()`` (every driver: the ingest, ``python -m ray_jobs...``) accepts;
+    ``RAY_API_SERVER_ADDRESS`` is the dashboard's HTTP address, which the jobs CLI and
+    ``JobSubmissionClient`` read before falling back to ``RAY_ADDRESS`` (Ray >= 2.50:
+    ``ray.dashboard.utils.get_address_for_submission_client``). An HTTP URL in ``RAY_ADDRESS``
+    makes ``ray.init`` fail with "Invalid Ray address".
+    """
     env = {
-        "RAY_ADDRESS": f"http://{HOST}:{state.ports.dashboard}",
+        "RAY_ADDRESS": f"{HOST}:{state.ports.ray}",
+        "RAY_API_SERVER_ADDRESS": f"http://{HOST}:{state.ports.dashboard}",
+        # The head runs with this (see _start_ray); a driver needs it too, or `ray.init` turns
+        # 127.0.0.1 in RAY_ADDRESS into the machine's external IP, where the GCS does not listen.
+        LOOPBACK_ONLY_VAR: "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path(state)),
         "MLFLOW_TRACKING_URI": f"http://{HOST}:{state.ports.mlflow}",
     }
     env.update(s3_env(state))
     env["ANYSAT_S3_BUCKET"] = state.bucket
-    # RAY_ADDRESS above is the job-submission (HTTP) address; a driver started by hand instead
-    # of through `ray job submit` needs the GCS one: RAY_ADDRESS=$ANYSAT_RAY_GCS_ADDRESS python ...
-    env["ANYSAT_RAY_GCS_ADDRESS"] = f"{HOST}:{state.ports.ray}"
     return env
+
+
+# Ray reads a token from RAY_AUTH_TOKEN before RAY_AUTH_TOKEN_PATH: one exported for a real
+# cluster (infra/README.md, KubeRay) would shadow the stack's token.
+UNSET = ("RAY_AUTH_TOKEN",)
 
 
 def render_exports(env: dict[str, str]) -> str:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
+def render_env(state: State) -> str:
+    """The shell lines of `<state_dir>/env` (and of `up` / `env` on stdout)."""
+    return "".join(f"unset {k}\n" for k in UNSET) + render_exports(user_env(state))
+
+
 def write_env_file(state: State) -> Path:
     path = Path(state.state_dir) / "env"
     path.write_text(
         "# written by `python -m infra.local_stack up`; use with: source " + str(path) + "\n"
-        + render_exports(user_env(state))
+        + render_env(state)
     )
     return path
 
 
 def _child_env(state: State, extra: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
-    # A RAY_ADDRESS left in the caller's shell from an earlier `source .stack/env` must not make
-    # the new head (or MLflow) try to join something else.
-    env.pop("RAY_ADDRESS", None)
+    # Ray settings left in the caller's shell from an earlier `source .stack/env` (or a cluster's
+    # exports) must not make the new head join something else or take another cluster's token.
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN"):
+        env.pop(key, None)
     # Job entrypoints (`python -m ray_jobs...`) run through the head's PATH: put this venv first
     # so `python` there is the interpreter that has the project installed.
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
@@ -350,10 +389,14 @@ def _start_mlflow(state: State) -> None:
     _spawn(state, "mlflow", argv, env)
 
 
-def _start_ray(state: State) -> None:
-    _check_port_free(state.ports.ray, "ray gcs")
-    _check_port_free(state.ports.dashboard, "ray dashboard")
+def ray_command(state: State) -> tuple[list[str], dict[str, str]]:
+    """The head's `ray start` argv and the environment it adds (over `_child_env`)."""
     p = state.ports
+    # A state.json from before a port was added records it as 0: pick it now.
+    taken = {v for v in asdict(p).values() if v}
+    for name in INTERNAL_PORTS:
+        if not getattr(p, name):
+            setattr(p, name, _unique_free_port(taken))
     argv = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
         "--node-ip-address", HOST,
@@ -361,6 +404,9 @@ def _start_ray(state: State) -> None:
         "--dashboard-host", HOST, "--dashboard-port", str(p.dashboard),
         "--ray-client-server-port", str(p.ray_client),
         "--dashboard-agent-listen-port", str(p.dashboard_agent),
+        "--dashboard-agent-grpc-port", str(p.dashboard_agent_grpc),
+        "--runtime-env-agent-port", str(p.runtime_env_agent),
+        "--metrics-export-port", str(p.metrics_export),
         "--temp-dir", state.ray_temp_dir,
         "--disable-usage-stats",
     ]
@@ -369,6 +415,17 @@ def _start_ray(state: State) -> None:
     if os.environ.get("ANYSAT_RAY_OBJECT_STORE_MEMORY"):
         argv += ["--object-store-memory", os.environ["ANYSAT_RAY_OBJECT_STORE_MEMORY"]]
     extra = {
+        # On Linux `ray start` replaces a loopback --node-ip-address with the machine's external
+        # IP (ray._private.services.resolve_ip_for_localhost), and every Ray server then binds
+        # that IP or all interfaces. With multi-node clusters switched off -- what Ray does by
+        # default on macOS and Windows -- the node keeps 127.0.0.1, and the GCS, raylet, agents,
+        # client server, workers and metrics servers bind loopback only. This single-node stack
+        # never takes worker nodes, so nothing is lost. Jobs inherit this, so a job's driver
+        # resolves the same node IP.
+        LOOPBACK_ONLY_VAR: "0",
+        # The dashboard's and the autoscaler's own Prometheus servers take their ports from these.
+        "DASHBOARD_METRIC_PORT": str(p.dashboard_metrics),
+        "AUTOSCALER_METRIC_PORT": str(p.autoscaler_metrics),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token_path(state)),
         # Jobs inherit the head's environment: with these they reach the stack's S3 and MLflow
@@ -377,6 +434,14 @@ def _start_ray(state: State) -> None:
         "RAY_USAGE_STATS_ENABLED": "0",
         **s3_env(state),
     }
+    return argv, extra
+
+
+def _start_ray(state: State) -> None:
+    _check_port_free(state.ports.ray, "ray gcs")
+    _check_port_free(state.ports.dashboard, "ray dashboard")
+    argv, extra = ray_command(state)
+    state.save()
     _spawn(state, "ray", argv, _child_env(state, extra))
 
 
@@ -636,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             state = up(state_dir)
-            print(render_exports(user_env(state)), end="")
+            print(render_env(state), end="")
             print(f"# to use it from a shell: source {Path(state.state_dir) / 'env'}")
             return 0
         if args.command == "down":
@@ -649,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
             if state is None:
                 print(f"no stack in {state_dir}; run `make up` first", file=sys.stderr)
                 return 1
-            print(render_exports(user_env(state)), end="")
+            print(render_env(state), end="")
             return 0
     except StackError as exc:
         print(f"local_stack: {exc}", file=sys.stderr)

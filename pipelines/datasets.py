@@ -32,6 +32,8 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
+from anysat.sensors import get_sensor
+
 Task = Literal["multilabel", "multiclass", "segmentation", "none"]
 
 #: Entry point group through which other packages register datasets.
@@ -52,7 +54,8 @@ class DatasetSpec:
     sensors: tuple[str, ...]
     """Sensor keys stored, in the model's modality order (store-only extras last)."""
     model_sensors: tuple[str, ...]
-    """Sensors fed to AnySat (the official GeoPlex modality order)."""
+    """Sensors fed to AnySat (the official GeoPlex modality order): stored sensors, or sensors the loader
+    assembles from a stored one slot by slot (``anysat.sensors.SlotSource``: SICKLE's ``l8`` from ``l8-sr``)."""
     tile_m: float
     patch_sizes_m: tuple[int, ...]
     labels: tuple[LabelSpec, ...]
@@ -67,6 +70,12 @@ class DatasetSpec:
     store folds rather than train/val/test (PASTIS-HD: train = fold1-3, val = fold4, test = fold5)."""
     stats_splits: tuple[str, ...] = ("train",)
     """Stored splits the store's normalisation statistics are computed over (the training tiles)."""
+    max_dates: int | None = None
+    """Longest plausible series (T) of any sensor of one tile; a tile with more dates is quarantined at
+    the ingest's probe instead of widening ``T_max`` (and every tile's storage) for the whole store.
+    ``None``: no bound. The built-in datasets set it a safe margin above the longest series their
+    published archives hold (``docs/store-format.md``, Quarantine); ``python -m pipelines.ingest --max-dates``
+    overrides it."""
 
     def __post_init__(self):
         module, sep, cls = self.source.partition(":")
@@ -74,9 +83,15 @@ class DatasetSpec:
             raise ValueError(f"dataset {self.name!r}: source must be 'module:Class', got {self.source!r}")
         if not self.stats_splits:
             raise ValueError(f"dataset {self.name!r}: stats_splits is empty")
-        missing = [s for s in self.model_sensors if s not in self.sensors]
+        if self.max_dates is not None and (isinstance(self.max_dates, bool) or not isinstance(self.max_dates, int)
+                                           or self.max_dates < 1):
+            raise ValueError(f"dataset {self.name!r}: max_dates must be a positive integer or None, "
+                             f"got {self.max_dates!r}")
+        missing = [s for s in self.model_sensors if s not in self.sensors
+                   and not any(src.sensor in self.sensors for src in get_sensor(s).sources)]
         if missing:
-            raise ValueError(f"dataset {self.name!r}: model sensors {missing} are not stored sensors")
+            raise ValueError(f"dataset {self.name!r}: model sensors {missing} are not stored sensors "
+                             "(nor assembled from one)")
         # tuples, so a spec compares and pickles the same however it was written
         object.__setattr__(self, "split_folds", {k: tuple(v) for k, v in self.split_folds.items()})
         object.__setattr__(self, "stats_splits", tuple(self.stats_splits))
@@ -188,7 +203,7 @@ register_dataset(DatasetSpec(
     labels=(LabelSpec("genus", "multilabel", TREESAT_CLASSES),
             # area fraction per genus (the raw label); "genus" is its AnySat multi-hot (> 0.07)
             LabelSpec("genus_fraction", "multilabel", TREESAT_CLASSES)),
-    source="pipelines.sources.treesatai:TreeSatAITS"))
+    source="pipelines.sources.treesatai:TreeSatAITS", max_dates=256))
 register_dataset(DatasetSpec(
     "pastis-hd", sensors=("spot", "s2", "s1", "s1-des"), model_sensors=("spot", "s2", "s1"),
     tile_m=1280, patch_sizes_m=(40, 80, 160), batch_size=1, weight=1.0, tiles_per_shard=16,
@@ -197,23 +212,23 @@ register_dataset(DatasetSpec(
     source="pipelines.sources.pastis:PastisHD",
     # tiles/split holds the official fold ("fold1".."fold5"); the standard protocol maps folds to splits
     split_folds={"train": ("fold1", "fold2", "fold3"), "val": ("fold4",), "test": ("fold5",)},
-    stats_splits=("fold1", "fold2", "fold3")))
+    stats_splits=("fold1", "fold2", "fold3"), max_dates=128))
 register_dataset(DatasetSpec(
     "flair", sensors=("aerial-flair", "s2"), model_sensors=("aerial-flair", "s2"),
     tile_m=100, patch_sizes_m=(10, 20), batch_size=32, weight=1.0, tiles_per_shard=64,
     labels=(LabelSpec("semantic", "segmentation", FLAIR_CLASSES, ignore_index=12),
             # the raw 1..19 nomenclature (value 0 does not occur), kept so other mappings stay possible
             LabelSpec("nomenclature", "segmentation", FLAIR_NOMENCLATURE, ignore_index=0)),
-    source="pipelines.sources.flair:Flair"))
+    source="pipelines.sources.flair:Flair", max_dates=256))
 register_dataset(DatasetSpec(
     "planted", sensors=("s2", "s1", "l7", "alos", "modis"), model_sensors=("s2", "s1", "l7", "alos", "modis"),
     tile_m=120, patch_sizes_m=(30,), batch_size=256, weight=2.0, tiles_per_shard=1024,
     labels=(LabelSpec("species", "multiclass", PLANTED_CLASSES),),
-    source="pipelines.sources.planted:Planted"))
+    source="pipelines.sources.planted:Planted", max_dates=128))
 register_dataset(DatasetSpec(
     "s2naip-urban", sensors=("naip", "l8", "s2", "s1"), model_sensors=("naip", "l8", "s2", "s1"),
     tile_m=640, patch_sizes_m=(40, 80, 160), batch_size=2, weight=4.0, tiles_per_shard=16,
-    labels=(), source="pipelines.sources.s2naip:S2NaipUrban"))
+    labels=(), source="pipelines.sources.s2naip:S2NaipUrban", max_dates=128))
 
 
 # -- external evaluation datasets (patch sizes: the AnySat paper's fine-tuning protocol) ------------------
@@ -234,30 +249,31 @@ register_dataset(DatasetSpec(
             LabelSpec("deforest_old", "segmentation", ("not deforested", "deforested")),   # label[0]
             # days since 1970 of the two label dates (old, new); kept so the change window is recoverable
             LabelSpec("label_dates", "none", ("old", "new"))),
-    source="pipelines.sources.bradd:BraDDS1TS"))
+    source="pipelines.sources.bradd:BraDDS1TS", max_dates=128))
 register_dataset(DatasetSpec(
-    "sickle", sensors=("s2", "s1", "l8-sr", "s2-aux"), model_sensors=("l8-sr", "s2", "s1"), tile_m=320,
+    # the model's l8 is assembled from the stored l8-sr in the official 11-slot layout (anysat.sensors)
+    "sickle", sensors=("s2", "s1", "l8-sr", "s2-aux"), model_sensors=("l8", "s2", "s1"), tile_m=320,
     patch_sizes_m=(10,), batch_size=12, tiles_per_shard=64, group="external",
     labels=(LabelSpec("paddy", "segmentation", ("paddy", "non-paddy"), ignore_index=-1),
             LabelSpec("masks_10m", "none", SICKLE_MASK_BANDS)),
-    source="pipelines.sources.sickle:Sickle"))
+    source="pipelines.sources.sickle:Sickle", max_dates=128))
 register_dataset(DatasetSpec(
     "timesen2crop", sensors=("s2", "s2-flag"), model_sensors=("s2",), tile_m=10, patch_sizes_m=(10,),
     batch_size=2048, tiles_per_shard=4096, group="external",
     labels=(LabelSpec("crop", "multiclass", TIMESEN2CROP_CLASSES),),
-    source="pipelines.sources.timesen2crop:TimeSen2Crop"))
+    source="pipelines.sources.timesen2crop:TimeSen2Crop", max_dates=256))
 register_dataset(DatasetSpec(
     "sen1floods11", sensors=("s2", "s1", "s2-aux"), model_sensors=("s2", "s1"), tile_m=5120,
     patch_sizes_m=(80,), batch_size=4, tiles_per_shard=8, group="external",
     labels=(LabelSpec("water", "segmentation", ("not water", "water"), ignore_index=-1),),
-    source="pipelines.sources.sen1floods11:Sen1Floods11"))
+    source="pipelines.sources.sen1floods11:Sen1Floods11", max_dates=1))
 register_dataset(DatasetSpec(
     "so2sat", sensors=("s2", "s1", "s1-so2sat"), model_sensors=("s2", "s1"), tile_m=320, patch_sizes_m=(80,),
     batch_size=128, tiles_per_shard=1024, group="external",
     labels=(LabelSpec("lcz", "multiclass", LCZ_CLASSES),),
-    source="pipelines.sources.so2sat:So2Sat"))
+    source="pipelines.sources.so2sat:So2Sat", max_dates=1))
 register_dataset(DatasetSpec(
     "hls-burn-scars", sensors=("hls",), model_sensors=("hls",), tile_m=15360, patch_sizes_m=(240,),
     batch_size=4, tiles_per_shard=8, group="external",
     labels=(LabelSpec("burn", "segmentation", ("not burned", "burn scar"), ignore_index=-1),),
-    source="pipelines.sources.hls_burn_scars:HLSBurnScars"))
+    source="pipelines.sources.hls_burn_scars:HLSBurnScars", max_dates=1))

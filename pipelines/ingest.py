@@ -7,9 +7,27 @@
     ray job submit --address ... --working-dir . -- python -m pipelines.ingest --dataset ... --raw s3://... --out s3://...
 
 Exit codes: 0 every listed tile is in the store; 3 the store is complete but some tiles were
-quarantined (see ``quarantine.json`` in the store and the ``quarantine`` attribute); 2 usage error
-(unknown dataset, missing raw path, a foreign / other-version store at the output path, an archive
-whose listing changed under a half-finished store), printed as one line without traceback.
+quarantined (see ``quarantine.json`` in the store and the ``quarantine`` attribute); 2 any error, printed
+as one line naming the option or file and the problem, without traceback: a malformed option, unknown
+dataset, missing raw path, an output that is a file, not writable or a missing bucket (all checked before
+any probing), a foreign / other-version / other-dataset store at the output path, another ingest holding
+the store's lock, an archive whose listing changed under a half-finished store, an unreachable Ray
+address, a full disk (the shard being written is not recorded, so a rerun resumes it).
+
+Safety:
+
+* **One writer per store.** The driver holds ``<out>/<dataset>.zarr.lock`` (``pipelines.lock``) from before
+  it looks at the store until it has finished or failed, refreshed by a heartbeat thread. A second ingest
+  into the same store exits at once (code 2) naming the owner and since when; a lock whose heartbeat is
+  older than ``--lock-timeout`` (default 300 s), or whose process is gone from this machine, is taken over
+  with a warning. A store is only ever deleted with ``--overwrite`` or when it is a half-created store of
+  the same dataset; a complete store, a store of another dataset and an embeddings store are kept.
+* **Plausible tiles only.** Dates must be -1 (unknown) or inside ``--date-range`` (default 1970-01-01 to
+  2100-12-31; negative days other than -1 would collide with the padding code), a series may hold at most
+  ``DatasetSpec.max_dates`` dates (``--max-dates``), and a sensor whose values are all NaN / inf carries
+  nothing: such tiles are quarantined with the sensor and the bad value.
+* **Ray is chosen, not guessed** (``pipelines.raycluster``): a local Ray of its own unless ``--address`` or
+  ``RAY_ADDRESS`` names a cluster, which must answer a TCP connect within seconds.
 
 How it works, and why:
 
@@ -41,6 +59,8 @@ timestamps aside).
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import errno
 import functools
 import hashlib
 import importlib.metadata
@@ -63,8 +83,11 @@ import zarr
 from tqdm import tqdm
 
 from anysat.sensors import get_sensor
+from pipelines import stats as ps
+from pipelines import raycluster
 from pipelines import store as st
 from pipelines.datasets import DatasetSpec, get_dataset
+from pipelines.lock import DEFAULT_TIMEOUT_S, LockHeld, LockLost, StoreLock
 from pipelines.sources.base import Source, Tile, TileError, TileProbe, TileRef
 
 EXIT_OK, EXIT_USAGE, EXIT_QUARANTINED = 0, 2, 3
@@ -75,6 +98,135 @@ SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
 class IngestError(Exception):
     """A problem the user must fix (printed as one line, exit code 2)."""
+
+
+class OutputWriteError(Exception):
+    """Writing a shard failed (disk full, permissions); raised by a write task, nothing of the shard recorded."""
+
+
+EPOCH = _dt.date(1970, 1, 1)
+DEFAULT_DATE_RANGE = ("1970-01-01", "2100-12-31")
+
+
+def parse_date_range(text: str) -> tuple[str, str]:
+    """``"YYYY-MM-DD:YYYY-MM-DD"`` -> (first, last) ISO dates; ValueError with the reason otherwise."""
+    first, sep, last = str(text).strip().partition(":")
+    if not sep:
+        raise ValueError(f"expected FIRST:LAST as YYYY-MM-DD:YYYY-MM-DD, got {text!r}")
+    try:
+        a, b = _dt.date.fromisoformat(first.strip()), _dt.date.fromisoformat(last.strip())
+    except ValueError as e:
+        raise ValueError(f"expected FIRST:LAST as YYYY-MM-DD:YYYY-MM-DD, got {text!r} ({e})") from None
+    if a < EPOCH:
+        raise ValueError(f"{a} is before 1970-01-01: stored dates count days from 1970-01-01 and negative "
+                         "days collide with the -1 padding code")
+    if b < a:
+        raise ValueError(f"{b} is before {a}")
+    return a.isoformat(), b.isoformat()
+
+
+def _day_text(day: int) -> str:
+    try:
+        return (EPOCH + _dt.timedelta(days=int(day))).isoformat()
+    except (OverflowError, OSError):
+        return "no calendar date"
+
+
+@dataclass(frozen=True)
+class TileChecks:
+    """What every tile is checked against besides the layout (recorded in the plan and the attributes)."""
+
+    first: str = DEFAULT_DATE_RANGE[0]
+    last: str = DEFAULT_DATE_RANGE[1]
+    max_dates: int | None = None
+
+    @property
+    def day_range(self) -> tuple[int, int]:
+        return ((_dt.date.fromisoformat(self.first) - EPOCH).days, (_dt.date.fromisoformat(self.last) - EPOCH).days)
+
+    def to_json(self) -> dict:
+        return {"date_range": [self.first, self.last], "max_dates": self.max_dates}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> TileChecks:
+        if not d:
+            return cls()
+        first, last = d.get("date_range") or DEFAULT_DATE_RANGE
+        return cls(first, last, d.get("max_dates"))
+
+
+# ticks per day of timestamp units a reader may have passed through as days, for the quarantine reason
+_UNIT_FLOOR = 1_157  # 1973-03-03: below it, timestamps of different units overlap
+_UNIT_HINTS = ((86_400, "seconds"), (86_400_000, "milliseconds"), (86_400_000_000, "microseconds"),
+               (86_400_000_000_000, "nanoseconds"))
+
+
+def check_dates(key: str, dates: np.ndarray, checks: TileChecks) -> str | None:
+    """Why the (integer) dates of one sensor of one tile cannot be stored, or ``None``.
+
+    Compared in 64 bits before the int32 cast, so a timestamp passed through as days never wraps into a
+    plausible-looking date. -1 is the archive's "no date" (and the padding code); other negative days
+    would be read as padding by the loader, so they are rejected like any date outside the range.
+    """
+    d = np.asarray(dates)
+    if d.size == 0:
+        return None
+    if d.dtype.kind == "u" and d.max() > np.iinfo(np.int64).max:
+        return f"sensor {key}: date value {int(d.max())} is not a day number"
+    d = d.astype(np.int64)
+    neg = d < -1
+    if neg.any():
+        v = int(d[neg][0])
+        return (f"sensor {key}: negative day {v} (dates are days since 1970-01-01; -1 is reserved for unknown "
+                "dates and padding)")
+    lo, hi = checks.day_range
+    out = (d != -1) & ((d < lo) | (d > hi))
+    if not out.any():
+        return None
+    v = int(d[out][0])
+    hint = ""
+    for per_day, unit in _UNIT_HINTS if v > hi else ():
+        if max(lo, _UNIT_FLOOR) <= v // per_day <= hi:
+            hint = f"; it looks like a timestamp in {unit}, not a day number"
+            break
+    return (f"sensor {key}: date {_day_text(v)} (day {v}) outside the plausible range {checks.first}.."
+            f"{checks.last} (--date-range){hint}")
+
+
+def check_values(key: str, data: np.ndarray) -> str | None:
+    """Why a sensor's values carry nothing (every value NaN or infinite), or ``None``."""
+    if data.dtype.kind not in "fc" or data.size == 0 or np.isfinite(data).any():
+        return None
+    what = "NaN" if np.isnan(data).all() else "infinite" if np.isinf(data).all() else "NaN or infinite"
+    return f"sensor {key}: all {data.size} values are {what}"
+
+
+def _find_cause(exc: BaseException, types: tuple[type, ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``exc``'s chain (causes, contexts, Ray's wrapped ``cause``)."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, types):
+            # Ray re-raises a task's error as a subclass of both RayTaskError and the error, whose str() is
+            # the whole remote traceback; the original exception is its ``cause``
+            while isinstance(getattr(e, "cause", None), types):
+                e = e.cause
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return None
+
+
+def os_error_line(e: OSError, what: str) -> str:
+    """One line for an I/O error while ``what``; a full disk says that a rerun resumes."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    if e.errno == errno.ENOSPC:
+        return f"no space left on device while {what}{where}; nothing of it was recorded, free space and rerun to resume"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied while {what}{where}: {e.strerror}"
+    return f"I/O error while {what}{where}: {e.strerror or e}"
 
 
 @dataclass
@@ -163,11 +315,12 @@ def _mode(values: Iterable) -> Any:
 
 
 def plan_layout(spec: DatasetSpec, refs: list[TileRef], probes: list[TileProbe | tuple[str, str]],
-                tiles_per_shard: int) -> tuple[st.StoreLayout, list[int], list[dict]]:
+                tiles_per_shard: int, max_dates: int | None = None) -> tuple[st.StoreLayout, list[int], list[dict]]:
     """Decide the store layout from the probes; returns (layout, kept listing positions, quarantine).
 
     Shapes are checked against the sensor registry (C = all bands or the raw bands), and H, W, dtype and
-    mask channels against the archive's most common value, so one odd tile cannot resize the store.
+    mask channels against the archive's most common value, so one odd tile cannot resize the store; a
+    series longer than ``max_dates`` is quarantined rather than widening ``T_max`` for every tile.
     """
     bad: dict[int, tuple[str, str]] = {}
     for pos, pr in enumerate(probes):
@@ -196,6 +349,9 @@ def plan_layout(spec: DatasetSpec, refs: list[TileRef], probes: list[TileProbe |
                 bad[pos] = (refs[pos].id, f"sensor {key}: no time steps")
             elif not sensor.time_series and t != 1:
                 bad[pos] = (refs[pos].id, f"sensor {key}: {t} dates for a single-date sensor")
+            elif max_dates and t > max_dates:
+                bad[pos] = (refs[pos].id, f"sensor {key}: T={t} dates, above the {spec.name} bound of {max_dates} "
+                                          "(DatasetSpec.max_dates; --max-dates raises it)")
             elif sp.dates is not None and sp.dates != t:
                 bad[pos] = (refs[pos].id, f"sensor {key}: {sp.dates} dates for T={t} time steps")
         have = [(pos, sp) for pos, sp in have if ok(pos)]
@@ -278,11 +434,13 @@ def _check_label(lab: st.LabelLayout, v: np.ndarray) -> str | None:
     return None
 
 
-def place_tile(layout: st.StoreLayout, block: dict[str, np.ndarray], j: int, tile: Tile) -> dict[str, int]:
-    """Validate ``tile`` against the layout and copy it into slot ``j``; returns T per sensor.
+def place_tile(layout: st.StoreLayout, block: dict[str, np.ndarray], j: int, tile: Tile,
+               checks: TileChecks | None = None) -> dict[str, int]:
+    """Validate ``tile`` against the layout and ``checks`` and copy it into slot ``j``; returns T per sensor.
 
     Raises TileError naming the tile and what is wrong; nothing is written to the block in that case.
     """
+    checks = checks or TileChecks()
     staged: list[tuple[str, Any, np.ndarray]] = []
     tlen: dict[str, int] = {}
     for key, s in layout.sensors.items():
@@ -304,6 +462,9 @@ def place_tile(layout: st.StoreLayout, block: dict[str, np.ndarray], j: int, til
             raise TileError(tile.id, f"sensor {key}: {dates.shape} dates for T={t} time steps")
         if dates.dtype.kind not in "iu":
             raise TileError(tile.id, f"sensor {key}: dates have dtype {dates.dtype}, expected integer days")
+        reason = check_dates(key, dates, checks) or check_values(key, data)
+        if reason:
+            raise TileError(tile.id, reason)
         staged.append((f"{key}/data", np.s_[j, :t], data))
         staged.append((f"{key}/dates", np.s_[j, :t], dates.astype(np.int32)))
         if s.mask_channels:
@@ -333,8 +494,13 @@ def place_tile(layout: st.StoreLayout, block: dict[str, np.ndarray], j: int, til
 
 
 def write_shard(url: str, storage_options: dict, source_spec: SourceSpec, layout: st.StoreLayout,
-                shard: int, refs: list[TileRef], stats_splits: tuple[str, ...]) -> dict:
-    """Read, validate and write one shard, then its completion marker; returns the marker."""
+                shard: int, refs: list[TileRef], stats_splits: tuple[str, ...],
+                checks: TileChecks | None = None) -> dict:
+    """Read, validate and write one shard, then its completion marker; returns the marker.
+
+    An I/O error while writing (a full disk) raises :class:`OutputWriteError` before the marker exists, so
+    the shard counts as not done and a rerun rewrites it.
+    """
     start, stop = layout.shard_range(shard)
     assert stop - start == len(refs), (shard, start, stop, len(refs))
     source = source_spec.build()
@@ -346,7 +512,7 @@ def write_shard(url: str, storage_options: dict, source_spec: SourceSpec, layout
             tile = source.read_tile(ref)
             if tile.id != ref.id:
                 raise TileError(ref.id, f"reader returned tile id {tile.id!r} for {ref.id!r}")
-            for k, t in place_tile(layout, block, j, tile).items():
+            for k, t in place_tile(layout, block, j, tile, checks).items():
                 tlen[k][j] = t
         except Exception as e:
             path, reason = (e.path, e.reason) if isinstance(e, TileError) else (ref.id, f"{type(e).__name__}: {e}")
@@ -364,18 +530,27 @@ def write_shard(url: str, storage_options: dict, source_spec: SourceSpec, layout
         sel = block[f"{key}/data"][valid]  # (M, C, H, W)
         mask = block.get(f"{key}/mask")
         stats[key] = st.partial_stats(sel, None if mask is None else mask[valid]) if sel.shape[0] else None
-    root = zarr.open_group(st.zarr_store(url, storage_options), mode="r+")
-    st.write_block(root, start, block)
+    # AnySat's per-sample statistics (pipelines/stats.py), per stored split: every split, not only the
+    # training one, so a run can train on any split set (PASTIS-HD: any three folds)
+    sample = {key: ps.partial_sample_stats(block[f"{key}/data"], tlen[key], block["tiles/split"],
+                                           block.get(f"{key}/mask"), skip=(st.QUARANTINED,))
+              for key in layout.sensors}
     nbytes = int(sum(v.nbytes for k, v in block.items() if not k.startswith("tiles/")))
     marker = {"shard": shard, "start": start, "stop": stop, "tiles": len(refs),
-              "written": len(refs) - len(quarantine), "bytes": nbytes, "stats": stats, "quarantine": quarantine}
-    st.write_json(url, f"{SHARD_DIR}/{shard:06d}.json", marker, storage_options)
+              "written": len(refs) - len(quarantine), "bytes": nbytes, "stats": stats, "sample_stats": sample,
+              "quarantine": quarantine}
+    try:
+        root = zarr.open_group(st.zarr_store(url, storage_options), mode="r+")
+        st.write_block(root, start, block)
+        st.write_json(url, f"{SHARD_DIR}/{shard:06d}.json", marker, storage_options)  # last: "shard done"
+    except OSError as e:
+        raise OutputWriteError(f"{url}: " + os_error_line(e, f"writing shard {shard}")) from None
     return marker
 
 
 def _write_row(ctx: dict, row: dict) -> dict:
     m = write_shard(ctx["url"], ctx["storage_options"], ctx["source_spec"], ctx["layout"], int(row["shard"]),
-                    pickle.loads(row["refs"]), ctx["stats_splits"])
+                    pickle.loads(row["refs"]), ctx["stats_splits"], ctx.get("checks"))
     return {"shard": m["shard"], "tiles": m["tiles"], "written": m["written"], "bytes": m["bytes"],
             "quarantined": len(m["quarantine"])}
 
@@ -404,14 +579,12 @@ def _run_rows(executor: str, fn: Callable[[dict], dict], rows: list[dict], desc:
         bar.close()
 
 
-def _init_ray(num_cpus: int | None) -> None:
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+def _init_ray(target: raycluster.RayTarget, num_cpus: int | None, warn: Callable[[str], None]) -> None:
+    raycluster.init_ray(target, num_cpus, warn=warn, logging_level=logging.WARNING, log_to_driver=True)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def _quiet_ray_data() -> None:
@@ -432,14 +605,16 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _planned_meta(spec: DatasetSpec, layout: st.StoreLayout, raw: str, plan_time: str) -> st.StoreMeta:
+def _planned_meta(spec: DatasetSpec, layout: st.StoreLayout, raw: str, plan_time: str,
+                  checks: TileChecks | None = None) -> st.StoreMeta:
     """Root attributes of a store the ingest has just sized (statistics follow in :func:`finalize`)."""
     first = spec.labels[0] if spec.labels else None
     return st.StoreMeta.for_layout(
         layout, task=spec.task, classes=tuple(first.classes) if first else (), tile_m=spec.tile_m,
         patch_sizes_m=tuple(spec.patch_sizes_m), model_sensors=tuple(spec.model_sensors),
         compressor=dict(layout.compressor), status="incomplete",
-        provenance={"source": raw, "planned": plan_time, "versions": _versions(), "host": socket.gethostname()})
+        provenance={"source": raw, "planned": plan_time, "versions": _versions(), "host": socket.gethostname()},
+        validation=None if checks is None else checks.to_json())
 
 
 def _now() -> str:
@@ -449,14 +624,29 @@ def _now() -> str:
 # ----------------------------------------------------------------------------------------------------
 # The ingest
 # ----------------------------------------------------------------------------------------------------
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> int | None:
+    if value is None:
+        return None
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise IngestError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
+    return int(value)
+
+
 def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None = None,
                raw_storage_options: dict | None = None, tiles_per_shard: int | None = None,
                executor: str = "ray", num_cpus: int | None = None, overwrite: bool = False,
-               progress: bool = True, probe_group: int | None = None) -> IngestResult:
+               progress: bool = True, probe_group: int | None = None, address: str | None = None,
+               lock_timeout: float = DEFAULT_TIMEOUT_S, date_range: str | tuple[str, str] | None = None,
+               max_dates: int | None = None, warn: Callable[[str], None] = _warn) -> IngestResult:
     """Ingest ``raw`` into ``<out>/<dataset>.zarr`` (resuming a half-finished store there).
 
     ``storage_options`` apply to ``out`` (and to ``raw`` unless ``raw_storage_options`` is given).
-    Raises :class:`IngestError` for problems the user must fix.
+    ``address``: the Ray cluster to join (else ``RAY_ADDRESS``, else a local Ray of its own).
+    ``date_range`` (``"FIRST:LAST"`` or a pair of ISO dates) and ``max_dates`` (0: no bound) default to
+    1970-01-01..2100-12-31 and ``DatasetSpec.max_dates`` for a new store, and to what the plan recorded
+    when resuming. Raises :class:`IngestError` for problems the user must fix; before it has taken the
+    store's lock nothing is written but the output folder itself.
     """
     t0 = time.perf_counter()
     try:
@@ -465,20 +655,106 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
         raise IngestError(str(e)) from None
     if executor not in ("ray", "local"):
         raise IngestError(f"unknown executor {executor!r} (ray or local)")
+    tiles_per_shard = _positive("--tiles-per-shard", tiles_per_shard)
+    num_cpus = _positive("--num-cpus", num_cpus)
+    probe_group = _positive("probe_group", probe_group)
+    max_dates = _positive("--max-dates", max_dates, allow_zero=True)
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or not lock_timeout > 0:
+        raise IngestError(f"--lock-timeout must be a positive number of seconds, got {lock_timeout!r}")
+    if date_range is not None:
+        try:
+            date_range = parse_date_range(date_range if isinstance(date_range, str) else ":".join(date_range))
+        except ValueError as e:
+            raise IngestError(f"--date-range: {e}") from None
     so = dict(storage_options or {})
     raw_so = dict(so if raw_storage_options is None else raw_storage_options)
     raw = str(raw).rstrip("/")
+    if not raw or not str(out).strip():
+        raise IngestError("--raw and --out must not be empty")
     fs_raw, raw_path = st.filesystem(raw, raw_so)
     if not fs_raw.exists(raw_path):
         raise IngestError(f"raw archive {raw} does not exist")
+    try:  # before any probing: a bad output is found in a second, not after the probe pass
+        st.check_output(out, so)
+    except st.OutputError as e:
+        raise IngestError(str(e)) from None
+    target = None
+    if executor == "ray" and not ray.is_initialized():
+        try:
+            target = raycluster.choose_address(address)
+            if not target.local:
+                raycluster.connect_address(target)
+        except raycluster.RayAddressError as e:
+            raise IngestError(str(e)) from None
     url = st.store_url(out, spec.name)
+    lock = StoreLock(url, so, timeout_s=float(lock_timeout), dataset=spec.name)
+    try:
+        took_over = lock.acquire()
+    except LockHeld as e:
+        raise IngestError(str(e)) from None
+    if took_over:
+        warn(took_over)
+    lock.start_heartbeat()
+    try:
+        return _ingest_locked(spec, raw, raw_so, url, so, lock, t0, tiles_per_shard=tiles_per_shard,
+                              executor=executor, num_cpus=num_cpus, overwrite=overwrite, progress=progress,
+                              probe_group=probe_group, target=target, date_range=date_range, max_dates=max_dates,
+                              warn=warn)
+    except (IngestError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        known = _find_cause(e, (OutputWriteError, LockLost))
+        if known is not None:
+            raise IngestError(str(known)) from None
+        os_err = _find_cause(e, (OSError,))
+        if os_err is not None and getattr(os_err, "errno", None) is not None:
+            raise IngestError(f"{url}: " + os_error_line(os_err, "ingesting")) from None
+        raise
+    finally:
+        lock.release()
+
+
+def _check_existing(url: str, so: dict, spec: DatasetSpec, overwrite: bool, lock: StoreLock) -> bool:
+    """Whether a store to resume is at ``url``; removes it for ``--overwrite``; refuses to touch anything
+    that is not a half-finished or complete ingest of this very dataset."""
     try:
         exists = st.check_format(url, so)
     except st.StoreFormatError as e:
         raise IngestError(str(e)) from None
-    if exists and overwrite:
+    if not exists:
+        return False
+    if overwrite:
+        lock.check(verify=True)
         st.remove(url, so)
-        exists = False
+        return False
+    try:
+        meta = st.read_meta(url, so)
+    except (KeyError, TypeError, ValueError) as e:
+        raise IngestError(f"{url}: unreadable store attributes ({type(e).__name__}: {e}); pass --overwrite to "
+                          "rebuild it") from None
+    if meta.embedding is not None:
+        raise IngestError(f"{url} holds an embeddings store (ray_jobs.embed), not an ingest of {spec.name}; "
+                          "choose another --out, or pass --overwrite to replace it")
+    if meta.dataset != spec.name:
+        raise IngestError(f"{url} holds a store of dataset {meta.dataset!r}, not {spec.name!r}; choose another "
+                          "--out, or pass --overwrite to replace it")
+    plan = st.read_json(url, PLAN_KEY, so)
+    if plan is not None and plan.get("dataset", spec.name) != spec.name:
+        raise IngestError(f"{url} was planned for dataset {plan.get('dataset')!r}, not {spec.name!r}; choose "
+                          "another --out, or pass --overwrite to replace it")
+    if plan is None and meta.complete:
+        raise IngestError(f"{url} is a complete {spec.name} store without its ingest plan ({PLAN_KEY}), so it "
+                          "cannot be resumed or checked against the archive; pass --overwrite to rebuild it")
+    return True
+
+
+def _ingest_locked(spec: DatasetSpec, raw: str, raw_so: dict, url: str, so: dict, lock: StoreLock, t0: float, *,
+                   tiles_per_shard: int | None, executor: str, num_cpus: int | None, overwrite: bool,
+                   progress: bool, probe_group: int | None, target: raycluster.RayTarget | None,
+                   date_range: tuple[str, str] | None, max_dates: int | None,
+                   warn: Callable[[str], None]) -> IngestResult:
+    """The ingest proper, run while this process holds the store's lock."""
+    exists = _check_existing(url, so, spec, overwrite, lock)
 
     source_spec = SourceSpec(spec.name, raw, json.dumps(raw_so, sort_keys=True))
     try:
@@ -489,7 +765,11 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
         raise IngestError(f"{raw}: the {spec.name} reader found no tiles")
     lhash = listing_hash(refs)
     if executor == "ray":
-        _init_ray(num_cpus)
+        if target is not None:
+            try:
+                _init_ray(target, num_cpus, warn)
+            except raycluster.RayAddressError as e:
+                raise IngestError(str(e)) from None
         _quiet_ray_data()
 
     plan = st.read_json(url, PLAN_KEY, so) if exists else None
@@ -501,11 +781,25 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
         if tiles_per_shard and int(tiles_per_shard) != plan["layout"]["tiles_per_shard"]:
             raise IngestError(f"{url} uses {plan['layout']['tiles_per_shard']} tiles per shard, not "
                               f"{tiles_per_shard}; rerun with --overwrite to change it")
+        recorded = plan.get("validation")
+        checks = TileChecks.from_json(recorded)
+        if recorded is None:  # planned before the checks existed: the layout is what it is, dates are checked
+            if date_range is not None:
+                checks = TileChecks(date_range[0], date_range[1])
+        else:
+            if date_range is not None and tuple(date_range) != (checks.first, checks.last):
+                raise IngestError(f"{url} was planned with --date-range {checks.first}:{checks.last}, not "
+                                  f"{date_range[0]}:{date_range[1]}; rerun with --overwrite to change it")
+            if max_dates is not None and (max_dates or None) != checks.max_dates:
+                raise IngestError(f"{url} was planned with --max-dates {checks.max_dates or 0}, not {max_dates}; "
+                                  "rerun with --overwrite to change it")
         layout = st.StoreLayout.from_json(plan["layout"])
         probe_quarantine = plan["probe_quarantine"]
         dropped = {q["index"] for q in probe_quarantine}
         keep = [pos for pos in range(len(refs)) if pos not in dropped]
     else:
+        first, last = date_range or DEFAULT_DATE_RANGE
+        checks = TileChecks(first, last, spec.max_dates if max_dates is None else (max_dates or None))
         tps = int(tiles_per_shard or spec.tiles_per_shard)
         group = int(probe_group or min(tps, max(1, len(refs) // (4 * max(1, num_cpus or os.cpu_count() or 1))) or 1))
         groups = [refs[i:i + group] for i in range(0, len(refs), group)]
@@ -518,16 +812,17 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
         _run_rows(executor, functools.partial(_probe_row, source_spec), rows, f"probe {spec.name}", progress,
                   on_probe, lambda r: len(probes[r["group"]]), len(refs))
         flat = [p for g in probes for p in g]
-        layout, keep, probe_quarantine = plan_layout(spec, refs, flat, tps)
+        layout, keep, probe_quarantine = plan_layout(spec, refs, flat, tps, checks.max_dates)
         if not keep:
             first = "; ".join(f"{q['file']}: {q['reason']}" for q in probe_quarantine[:3])
             raise IngestError(f"all {len(refs)} tiles of {raw} failed validation, e.g. {first}")
         plan_time = _now()
-        st.remove(url, so)  # a half-created store (killed before the plan was saved) is rebuilt
-        st.create_store(url, layout, _planned_meta(spec, layout, raw, plan_time), so)
+        lock.check(verify=True)  # the store is about to be (re)created: make sure it is still ours
+        st.remove(url, so)  # a half-created store of this dataset (killed before the plan was saved) is rebuilt
+        st.create_store(url, layout, _planned_meta(spec, layout, raw, plan_time, checks), so)
         plan = {"format_version": st.FORMAT_VERSION, "dataset": spec.name, "raw": raw, "listing_sha256": lhash,
                 "n_listed": len(refs), "layout": layout.to_json(), "probe_quarantine": probe_quarantine,
-                "planned": plan_time}
+                "planned": plan_time, "validation": checks.to_json()}
         st.write_json(url, PLAN_KEY, plan, so)  # last: its presence means the arrays exist
     probe_seconds = time.perf_counter() - t_probe
 
@@ -541,7 +836,7 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
     pending = [i for i in range(layout.n_shards) if i not in done]
     stats_splits = spec.stats_splits
     ctx = {"url": url, "storage_options": so, "source_spec": source_spec, "layout": layout,
-           "stats_splits": stats_splits}
+           "stats_splits": stats_splits, "checks": checks}
     rows = []
     for i in pending:
         a, b = layout.shard_range(i)
@@ -551,6 +846,7 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
 
     def on_write(row):
         nonlocal written_bytes
+        lock.check()  # stop at once if another writer has taken the store over
         written_bytes += int(row["bytes"])
 
     if rows:
@@ -558,6 +854,7 @@ def run_ingest(dataset: str, raw: str, out: str, *, storage_options: dict | None
                   lambda r: int(r["tiles"]), sum(layout.shard_range(i)[1] - layout.shard_range(i)[0] for i in pending))
     write_seconds = time.perf_counter() - t_write
 
+    lock.check(verify=True)
     result = finalize(url, so, spec, layout, plan, stats_splits)
     return IngestResult(url, len(refs), layout.n_tiles, result["written"], result["quarantine"], layout.n_shards,
                         len(pending), time.perf_counter() - t0, written_bytes, probe_seconds, write_seconds)
@@ -579,13 +876,19 @@ def finalize(url: str, so: dict, spec: DatasetSpec, layout: st.StoreLayout, plan
     stats = {key: st.SensorStats.from_partials(st.merge_stats(m["stats"].get(key) for m in markers), s.bands,
                                                stats_splits)
              for key, s in layout.sensors.items()}
+    # shard records of an ingest started before per-sample statistics existed lack them: then none
+    sample_stats = None if any("sample_stats" not in m for m in markers) else {
+        key: ps.finalize_sample_stats(ps.merge_sample_partials(m["sample_stats"].get(key) for m in markers),
+                                      s.bands)
+        for key, s in layout.sensors.items()}
     shards = tuple({k: m[k] for k in ("shard", "start", "stop", "tiles", "written", "bytes")} for m in markers)
     written = sum(m["written"] for m in markers)
     report = {"dataset": spec.name, "store": url, "source": plan["raw"], "listed": plan["n_listed"],
               "quarantined": len(quarantine), "tiles": quarantine}
     st.write_json(url, "quarantine.json", report, so)
     meta = st.read_meta(url, so)
-    st.write_meta(url, meta.replace(stats=stats, stats_splits=tuple(stats_splits), shards=shards,
+    st.write_meta(url, meta.replace(stats=stats, stats_splits=tuple(stats_splits), sample_stats=sample_stats,
+                                    shards=shards,
                                     quarantine=tuple(quarantine), n_listed=plan["n_listed"], n_written=written,
                                     provenance={**(meta.provenance or {}), "finished": _now()},
                                     status="complete"), so)
@@ -595,25 +898,95 @@ def finalize(url: str, so: dict, spec: DatasetSpec, layout: st.StoreLayout, plan
 # ----------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (``error: argument --x: ...``), exit code 2."""
+
+    def error(self, message: str):
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _int_arg(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {'a positive integer' if minimum == 1 else f'>= {minimum}'}, "
+                                             f"got {value}")
+        return value
+    return parse
+
+
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _date_range_arg(text: str) -> tuple[str, str]:
+    try:
+        return parse_date_range(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _address_arg(text: str) -> str:
+    try:
+        raycluster.check_address(text.strip(), "")
+    except raycluster.RayAddressError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip()
+
+
+def _path_arg(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.ingest", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="python -m pipelines.ingest", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="dataset name (pipelines.datasets)")
-    p.add_argument("--raw", required=True, help="raw archive: folder or s3://bucket/prefix")
-    p.add_argument("--out", required=True, help="output folder or s3:// prefix; writes <out>/<dataset>.zarr")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (ignored with RAY_ADDRESS)")
-    p.add_argument("--tiles-per-shard", type=int, default=None, help="override the dataset's shard size")
+    p.add_argument("--raw", required=True, type=_path_arg, help="raw archive: folder or s3://bucket/prefix")
+    p.add_argument("--out", required=True, type=_path_arg,
+                   help="output folder or s3:// prefix; writes <out>/<dataset>.zarr (checked before any work)")
+    p.add_argument("--address", type=_address_arg, default=None,
+                   help="Ray cluster to run on: its GCS host:port (e.g. 127.0.0.1:6379), ray://host:port or auto; "
+                        "default: RAY_ADDRESS if set, else a local Ray started for this ingest")
+    p.add_argument("--num-cpus", type=_int_arg(1), default=None,
+                   help="CPUs of the local Ray (ignored, with a warning, when joining a cluster)")
+    p.add_argument("--tiles-per-shard", type=_int_arg(1), default=None, help="override the dataset's shard size")
+    p.add_argument("--date-range", type=_date_range_arg, default=None, metavar="FIRST:LAST",
+                   help="plausible acquisition dates; a tile with a date outside (other than -1, unknown) is "
+                        f"quarantined (default {DEFAULT_DATE_RANGE[0]}:{DEFAULT_DATE_RANGE[1]})")
+    p.add_argument("--max-dates", type=_int_arg(0), default=None, metavar="N",
+                   help="quarantine a tile whose series is longer than N dates (default: the dataset's "
+                        "max_dates; 0: no bound)")
+    p.add_argument("--lock-timeout", type=_seconds_arg, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"take over the store's ingest lock when its heartbeat is older than this "
+                        f"(default {DEFAULT_TIMEOUT_S:.0f})")
     p.add_argument("--storage-options", default=None,
                    help='JSON fsspec options for s3:// paths, e.g. \'{"endpoint_url": "http://127.0.0.1:9000"}\'')
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray (default) or local: a plain single-process loop, same output")
-    p.add_argument("--overwrite", action="store_true", help="rebuild the store from scratch")
+    p.add_argument("--overwrite", action="store_true",
+                   help="rebuild the store from scratch (also replaces a store of another dataset at that path)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad command line (2, its one line already printed)
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
     try:
         so = json.loads(args.storage_options) if args.storage_options else None
         if so is not None and not isinstance(so, dict):
@@ -624,7 +997,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = run_ingest(args.dataset, args.raw, args.out, storage_options=so, tiles_per_shard=args.tiles_per_shard,
                          executor=args.executor, num_cpus=args.num_cpus, overwrite=args.overwrite,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, address=args.address, lock_timeout=args.lock_timeout,
+                         date_range=args.date_range, max_dates=args.max_dates)
     except IngestError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import posixpath
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -44,6 +45,8 @@ from numcodecs import Blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+
+from pipelines.stats import SampleStats
 
 FORMAT = "anysat-ray-store"
 FORMAT_VERSION = 1
@@ -100,7 +103,7 @@ def read_json(url: str, key: str, storage_options: dict | None = None) -> Any | 
     try:
         with fs.open(posixpath.join(root, key), "rb") as f:
             return json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: the "store" is a plain file
         return None
 
 
@@ -113,9 +116,71 @@ def write_json(url: str, key: str, obj: Any, storage_options: dict | None = None
         fs.pipe_file(path, data)  # one PUT: atomic on object stores
     else:
         tmp = f"{path}.partial"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)  # rename: a killed writer never leaves a half-written marker
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            fs.mv(tmp, path)  # rename: a killed writer never leaves a half-written marker
+        except OSError:
+            try:  # a full disk: leave neither a marker nor its half-written temporary file
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+class OutputError(Exception):
+    """The output location cannot hold a store (message: one line naming it and the problem)."""
+
+
+def _brief(e: BaseException) -> str:
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+
+
+def check_output(out: str, storage_options: dict | None = None) -> None:
+    """Raise :class:`OutputError` unless ``out`` can take stores, before any work is done.
+
+    A local path must be a folder, or creatable as one, in which a file can be created (it is created
+    here); an ``s3://`` prefix must name an existing bucket that accepts a PUT (a probe object is written
+    and deleted).
+    """
+    out = str(out).rstrip("/") or "/"
+    probe = f".anysat-write-check-{uuid.uuid4().hex}"
+    if is_remote(out):
+        # a PUT, not a bucket lookup: credentials allowed to write a prefix may not be allowed to list buckets
+        try:
+            fs, path = filesystem(out, storage_options)
+            bucket = path.split("/", 1)[0]
+            fs.pipe_file(f"{path}/{probe}", b"")
+        except FileNotFoundError:
+            raise OutputError(f"--out {out}: bucket {bucket!r} does not exist") from None
+        except PermissionError as e:
+            raise OutputError(f"--out {out}: not writable with these credentials ({_brief(e)})") from None
+        except Exception as e:
+            raise OutputError(f"--out {out}: cannot write there ({type(e).__name__}: {_brief(e)})") from None
+        try:
+            fs.rm(f"{path}/{probe}")
+        except Exception:
+            pass  # written but not deletable: harmless, the write check passed
+        return
+    path = out[len("file://"):] if out.startswith("file://") else out
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"--out {out} is a file, not a folder")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputError(f"--out {out}: {parent} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"--out {out}: cannot create the folder ({_brief(e)})") from None
+    target = os.path.join(path, probe)
+    try:
+        os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(target)
+    except OSError as e:
+        raise OutputError(f"--out {out} is not writable ({_brief(e)})") from None
 
 
 def existing_format(url: str, storage_options: dict | None = None) -> tuple[str | None, Any] | None:
@@ -408,6 +473,10 @@ class StoreMeta:
     stats: dict[str, SensorStats] | None = None
     stats_splits: tuple[str, ...] | None = None
     """The splits the statistics are computed over (``("train",)``; PASTIS: its training folds)."""
+    sample_stats: dict[str, dict[str, SampleStats]] | None = None
+    """AnySat's per-sample-averaged statistics, ``sensor -> stored split -> SampleStats``, for every
+    stored split (PASTIS-HD: per fold; ``pipelines.stats``). Stores written before they existed lack
+    them; the trainer then falls back to the pooled ``stats`` with a warning."""
     shards: tuple[dict, ...] | None = None
     """One record per shard: ``shard``, ``start``, ``stop``, ``tiles``, ``written``, ``bytes``."""
     quarantine: tuple[dict, ...] | None = None
@@ -416,6 +485,10 @@ class StoreMeta:
     """Tiles the reader listed in the raw archive (quarantined ones included)."""
     n_written: int | None = None
     embedding: EmbeddingMeta | None = None
+    validation: dict | None = None
+    """What the ingest checked every tile against: ``date_range`` (``[first, last]`` ISO dates a stored
+    date may take, -1 aside) and ``max_dates`` (the longest series a tile may have, ``None``: no bound).
+    Absent in stores written before these checks existed."""
 
     @property
     def n_shards(self) -> int:
@@ -452,10 +525,12 @@ class StoreMeta:
             status=d.get("status", "incomplete"), provenance=opt("provenance", dict),
             stats=opt("stats", lambda s: {k: SensorStats.from_attrs(v) for k, v in s.items()}),
             stats_splits=opt("stats_splits", tuple),
+            sample_stats=opt("sample_stats", lambda s: {k: {sp: SampleStats.from_attrs(v) for sp, v in d.items()}
+                                                        for k, d in s.items()}),
             shards=opt("shards", lambda v: tuple(dict(x) for x in v)),
             quarantine=opt("quarantine", lambda v: tuple(dict(x) for x in v)),
             n_listed=d.get("n_listed"), n_written=d.get("n_written"),
-            embedding=opt("embedding", EmbeddingMeta.from_attrs))
+            embedding=opt("embedding", EmbeddingMeta.from_attrs), validation=opt("validation", dict))
 
     def to_attrs(self) -> dict:
         """The root attributes as stored (JSON-compatible; ``None`` fields left out)."""
@@ -472,10 +547,13 @@ class StoreMeta:
             "compressor": self.compressor, "status": self.status, "provenance": self.provenance,
             "stats": None if self.stats is None else {k: v.to_attrs() for k, v in self.stats.items()},
             "stats_splits": None if self.stats_splits is None else list(self.stats_splits),
+            "sample_stats": None if self.sample_stats is None else {
+                k: {sp: v.to_attrs() for sp, v in d.items()} for k, d in self.sample_stats.items()},
             "shards": None if self.shards is None else [dict(s) for s in self.shards],
             "quarantine": None if self.quarantine is None else [dict(q) for q in self.quarantine],
             "n_listed": self.n_listed, "n_written": self.n_written,
             "embedding": None if self.embedding is None else self.embedding.to_attrs(),
+            "validation": self.validation,
         }
         d.update({k: v for k, v in optional.items() if v is not None})
         return d

@@ -16,29 +16,48 @@ from __future__ import annotations
 
 import difflib
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from pipelines import store as st
+from ray_jobs.overrides import ConfigError, apply_overrides, one_line, parse_override, read_yaml
+from ray_jobs.epochs import EpochFields
 
 __all__ = [
     "ConfigError", "Section", "ModelConfig", "DatasetEntry", "DataConfig", "TrainLoopConfig",
     "OptimConfig", "CheckpointConfigSection", "MlflowConfig", "FaultInjection", "TrainConfig",
     "JEPAConfig", "PretrainConfig", "load_config", "apply_overrides", "parse_override",
-    "check_stores", "store_url", "resolve_paths",
+    "check_stores", "check_outputs", "store_url", "resolve_paths",
 ]
 
 
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the offending key(s)."""
+def _types(annotation: Any) -> set:
+    """The types a field annotation accepts, unions flattened (``int | None`` -> {int, NoneType})."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set().union(*(_types(a) for a in typing.get_args(annotation)))
+    return {annotation}
 
 
 class Section(BaseModel):
     # forbid: unknown keys are errors; validate_assignment: `cfg.train.max_steps = "x"` fails too.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number_mixups(cls, v: Any, info: ValidationInfo) -> Any:
+        """A number field takes no ``true``/``false`` and a flag takes nothing else (pydantic would
+        read ``max_steps: true`` as 1 and ``use_gpu: 1`` or ``"yes"`` as true)."""
+        accepted = _types(cls.model_fields[info.field_name].annotation)
+        if isinstance(v, bool) and bool not in accepted and accepted & {int, float}:
+            raise ValueError("expected a number, not true/false")
+        if v is not None and not isinstance(v, bool) and bool in accepted and accepted <= {bool, type(None)}:
+            raise ValueError("expected true or false")
+        return v
 
 
 # --------------------------------------------------------------------------------------- sections
@@ -74,6 +93,8 @@ class DatasetEntry(Section):
     """Random square crop in pixels per sensor (GeoPlex: aerial 300, aerial-flair 500)."""
     date_origin: str | None = None
     """None / ``doy``: 1-based day of year; ``YYYY-MM-DD``: days since that date (PASTIS 2018-09-01)."""
+    allow_filled_bands: list[str] = Field(default_factory=list)
+    """``<sensor>/<band>`` model bands that may be zero-filled or missing (else an error; ray_jobs/normalization.py)."""
 
     @field_validator("patch_sizes_m")
     @classmethod
@@ -107,6 +128,8 @@ class DataConfig(Section):
     """CPUs per Ray Data read task (fractional so reads fit beside the training workers)."""
     val_batches: int = Field(default=2, ge=0)
     """Batches per dataset per evaluation."""
+    normalization: str = Field(default="anysat", min_length=1)
+    """``anysat`` (per-sample-averaged statistics), ``pooled`` or a JSON of mean/std (ray_jobs/normalization.py)."""
 
     @field_validator("datasets")
     @classmethod
@@ -129,7 +152,7 @@ class FaultInjection(Section):
     marker: str
 
 
-class TrainLoopConfig(Section):
+class TrainLoopConfig(Section, EpochFields):
     max_steps: int = Field(default=300, ge=1)
     log_every: int = Field(default=10, ge=1)
     eval_every: int = Field(default=0, ge=0)
@@ -225,57 +248,6 @@ class PretrainConfig(TrainConfig):
         return self
 
 
-# ------------------------------------------------------------------------------------ overrides
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"a.b=3"`` -> (["a", "b"], 3); the value is a YAML scalar / flow collection."""
-    if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"--set: bad key {key!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {e}") from None
-    return key.split("."), value
-
-
-def _child(node: Any, part: str, path: str, create: bool):
-    if isinstance(node, list):
-        if part.lstrip("-").isdigit():
-            i = int(part)
-            if not -len(node) <= i < len(node):
-                raise ConfigError(f"--set {path}: index {i} out of range (list has {len(node)} items)")
-            return i
-        for i, item in enumerate(node):
-            if isinstance(item, dict) and item.get("name") == part:
-                return i
-        names = [it.get("name") for it in node if isinstance(it, dict)]
-        raise ConfigError(f"--set {path}: no list entry named {part!r} (entries: {names})")
-    if isinstance(node, dict):
-        if part not in node and create:
-            node[part] = {}
-        return part
-    raise ConfigError(f"--set {path}: cannot descend into a {type(node).__name__}")
-
-
-def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
-    """Apply ``--set`` items to a raw config dict in order (later items win). Unknown keys are kept
-    here and rejected by validation, which names them."""
-    for item in overrides or []:
-        parts, value = parse_override(item)
-        node = raw
-        for depth, part in enumerate(parts[:-1]):
-            k = _child(node, part, ".".join(parts[: depth + 1]), create=True)
-            if node[k] is None:
-                node[k] = {}
-            node = node[k]
-        k = _child(node, parts[-1], ".".join(parts), create=False)
-        node[k] = value
-    return raw
-
-
 def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
     """Field names valid at ``loc`` (for did-you-mean hints)."""
     cls: Any = model
@@ -295,18 +267,19 @@ def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def _format_errors(err: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines = [f"invalid config ({source}):"]
+    """One line: ``invalid config (<file>): <problem>; <problem>; ...``."""
+    problems = []
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "<root>"
         if e["type"] == "extra_forbidden":
             hint = difflib.get_close_matches(str(loc[-1]), _field_names(model, loc), n=1)
-            lines.append(f"  unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            problems.append(f"unknown key '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
         elif e["type"] == "missing":
-            lines.append(f"  missing required key '{key}'")
+            problems.append(f"missing required key '{key}'")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
+            problems.append(f"{key}: {one_line(e['msg']).removeprefix('Value error, ')} (got {e.get('input')!r})")
+    return f"invalid config ({source}): " + "; ".join(problems)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
@@ -315,13 +288,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if raw is None:
         if path is None:
             raise ConfigError("a config file is required")
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        with open(p) as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
+        raw = read_yaml(path)
     raw = apply_overrides(raw, overrides)
     try:
         return cls.model_validate(raw)
@@ -377,8 +344,42 @@ def check_stores(cfg: TrainConfig) -> None:
         url = store_url(cfg, d)
         # Something that is there but not a store is StoreReader's error to name, with the reason.
         if st.existing_format(url, cfg.data.storage_options if _is_url(url) else None) is None:
-            missing.append(f"  {d.name}: {url}")
+            missing.append(f"{d.name}: {url}")
     if missing:
-        raise ConfigError("missing stores (build them with `make sample-data ingest DATASET=<name>` "
-                          "or point data.root / data.datasets.<name>.store elsewhere):\n"
-                          + "\n".join(missing))
+        raise ConfigError(f"missing stores ({'; '.join(missing)}): build them with `make sample-data ingest "
+                          "DATASET=<name>` or point data.root / data.datasets.<name>.store elsewhere")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why the folder ``path`` cannot be created or written (``None`` when it can)."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        return f"{p} is not a folder"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    return None
+
+
+def check_outputs(cfg: TrainConfig) -> None:
+    """Before a training job starts: its local ``storage_path`` and its sqlite MLflow database can be
+    written (remote ones are the cluster's to reach)."""
+    problems = []
+    if not _is_url(cfg.storage_path):
+        why = _unwritable(Path(cfg.storage_path) / cfg.name)
+        if why:
+            problems.append(f"storage_path {cfg.storage_path}: {why}")
+    uri = cfg.mlflow.tracking_uri or ""
+    if cfg.mlflow.enabled and uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if db.is_dir():
+            why = f"{db} is a folder"
+        elif db.exists():
+            why = None if os.access(db, os.W_OK) else f"{db} is not writable"
+        else:
+            why = _unwritable(db.parent)
+        if why:
+            problems.append(f"mlflow.tracking_uri {uri}: {why}")
+    if problems:
+        raise ConfigError("; ".join(problems))

@@ -10,7 +10,8 @@ Layout of the work, given a :class:`ray_jobs.plan.DataPlan` per dataset (resolve
   are in flight, so memory stays bounded whatever the store size. Blocks keep the raw dtype; the
   float conversion happens on the worker, where it is cheap and does not inflate the object store.
 * :func:`collate` (worker): trims the time axis to the batch's longest series, builds the padding
-  mask, computes derived bands (S1/ALOS ratio), normalises with the store statistics, -> torch.
+  mask (padding = the steps beyond each tile's series length, :func:`ray_jobs.timesteps.real_steps`:
+  an image without a date is real, fed as day 0), computes derived bands (S1/ALOS ratio), normalises with the store statistics, -> torch.
 
 Every random choice is seeded from (seed, dataset, epoch, shard, tile), and streams preserve order,
 so the data a rank sees is a function of the seed and of how many batches it already consumed: a
@@ -29,7 +30,9 @@ import ray.data
 import torch
 
 from pipelines.store import StoreReader
-from ray_jobs.plan import DataPlan, Split, bands_float
+from ray_jobs.credentials import load_secrets
+from ray_jobs.plan import DataPlan, Split, bands_float, bands_mask
+from ray_jobs.timesteps import real_steps
 
 __all__ = ["StoreStream", "ReadRange", "collate", "convert_dates", "stream_items", "item_tiles", "quiet_ray_data"]
 
@@ -85,6 +88,7 @@ class ReadRange:
     @property
     def reader(self) -> StoreReader:
         if self._reader is None:  # opened in the read task's process, not pickled with the function
+            load_secrets()  # a Ray Data read task: the driver's credentials, if it passed any
             self._reader = StoreReader(self.plan.url, self.plan.storage_options)
         return self._reader
 
@@ -101,7 +105,8 @@ class ReadRange:
         plan = self.plan
         start, stop = int(item["start"]), int(item["stop"])
         self._crops = {}
-        block = self.reader.read(start, stop, list(plan.sensors), labels=False, tiles=True)
+        block = self.reader.read(start, stop, sorted({sp.stored for sp in plan.sensors.values()}), labels=False,
+                                 tiles=True)
         idx = np.flatnonzero(np.isin(block["tiles/split"], self.splits))
         epoch = int(item["epoch"])
         if self.train:
@@ -109,15 +114,19 @@ class ReadRange:
         idx = idx[int(item["offset"])::int(item["stride"])][int(item["skip"]):]
         out: dict[str, np.ndarray] = {"tile": (start + idx).astype(np.int64)}
         for key, sp in plan.sensors.items():
-            data = block[f"{key}/data"][idx]
-            dates = block[f"{key}/dates"][idx]
-            mask = block[f"{key}/mask"][idx] if sp.has_mask else None
+            data = block[f"{sp.stored}/data"][idx]  # the store group (another sensor's, for a slot layout)
+            dates = block[f"{sp.stored}/dates"][idx]
+            mask = block[f"{sp.stored}/mask"][idx] if sp.has_mask else None
+            real = real_steps(data, dates, mask) if sp.time_series else None  # before a crop hides content
             crop = plan.crop.get(key)
             if crop:
                 data, mask = self._crop(data, mask, crop, start + idx, key, epoch)
             if sp.time_series:
-                data, dates, mask = self._subsample(data, dates, mask, start + idx, key, epoch)
+                data, dates, mask, steps = self._subsample(data, dates, mask, real, start + idx, key, epoch)
+                known = dates >= 0
                 dates = convert_dates(dates, plan.date_origin)
+                dates[~known & (np.arange(dates.shape[1])[None, :] < steps[:, None])] = 0  # undated image: day 0
+                out[f"{key}/steps"] = steps
             out[f"{key}/data"] = data
             out[f"{key}/dates"] = dates
             if mask is not None:
@@ -161,27 +170,29 @@ class ReadRange:
         raise ValueError(f"{self.plan.name}: label {self.label!r} ({H}x{W} px) matches none of the cropped "
                          f"images {[(k, c[0], c[1]) for k, c in self._crops.items()]}")
 
-    def _subsample(self, data, dates, mask, tiles, key, epoch):
-        """Keep a random subset of the valid dates (train only), in time order, moved to the front;
-        the rest of the axis is padding (date -1). Later, collate trims to the batch's longest series."""
+    def _subsample(self, data, dates, mask, real, tiles, key, epoch):
+        """Keep a random subset of the real steps (``real``, train only), in time order, moved to the
+        front; the rest of the axis is padding (date -1). Returns (data, dates, mask, steps), ``steps``
+        the number of kept steps per tile. Later, collate trims to the batch's longest series."""
         td = self.plan.temporal_dropout
         out_d = np.zeros_like(data)
         out_t = np.full_like(dates, -1)
         out_m = None if mask is None else np.zeros_like(mask)
+        steps = np.zeros(len(data), np.int32)
         for i in range(len(data)):
-            valid = np.flatnonzero(dates[i] >= 0)
+            valid = np.flatnonzero(real[i])
             keep = valid
             if self.train and td is not None and len(valid):
                 k = int(len(valid) * (1.0 - td)) if isinstance(td, float) else min(len(valid), int(td))
                 k = max(k, 1)
                 rng = np.random.default_rng(_seed(self.seed, "time", key, epoch, int(tiles[i])))
                 keep = np.sort(rng.choice(valid, size=k, replace=False))
-            n = len(keep)
+            n = steps[i] = len(keep)
             out_d[i, :n] = data[i, keep]
             out_t[i, :n] = dates[i, keep]
             if out_m is not None:
                 out_m[i, :n] = mask[i, keep]
-        return out_d, out_t, out_m
+        return out_d, out_t, out_m, steps
 
 
 def stream_items(plan: DataPlan, split: Split, train: bool, rank: int, world: int, seed: int, epoch: int,
@@ -316,8 +327,9 @@ def collate(batch: dict[str, np.ndarray], plan: DataPlan, device: torch.device |
 
     Inputs follow the AnySat convention: ``<sensor>`` ``B×C×H×W`` (single date) or ``B×T×C×H×W``,
     ``<sensor>_dates`` ``B×T`` (0 at padded steps) and ``<sensor>_mask`` (validity, where the store has
-    one). ``pad_mask[<sensor>]`` is ``B×T`` bool, True = padded step (time series only). The time axis
-    is cut to the longest series in the batch."""
+    one). ``pad_mask[<sensor>]`` is ``B×T`` bool, True = padded step (time series only): the steps
+    beyond each tile's ``<sensor>/steps`` (from :class:`ReadRange`; a batch without that column pads
+    the undated steps). The time axis is cut to the longest series in the batch."""
     x: dict[str, torch.Tensor] = {}
     pad: dict[str, torch.Tensor] = {}
     for key, sp in plan.sensors.items():
@@ -326,7 +338,8 @@ def collate(batch: dict[str, np.ndarray], plan: DataPlan, device: torch.device |
         std = np.asarray(sp.std, np.float32)[:, None, None]
         if sp.time_series:
             dates = batch[f"{key}/dates"]
-            valid = dates >= 0
+            steps = batch.get(f"{key}/steps")
+            valid = dates >= 0 if steps is None else np.arange(dates.shape[1])[None, :] < steps[:, None]
             t = max(1, int(valid.sum(axis=1).max()))
             data, dates, valid = data[:, :t], dates[:, :t], valid[:, :t]
             v = _finite((bands_float(data, sp) - mean) / std)
@@ -334,8 +347,11 @@ def collate(batch: dict[str, np.ndarray], plan: DataPlan, device: torch.device |
             x[key] = torch.from_numpy(np.ascontiguousarray(v))
             x[f"{key}_dates"] = torch.from_numpy(np.where(valid, dates, 0).astype(np.int64))
             pad[key] = torch.from_numpy(~valid)
-            if sp.has_mask:
-                x[f"{key}_mask"] = torch.from_numpy(np.ascontiguousarray(batch[f"{key}/mask"][:, :t]))
+            if sp.has_mask or sp.filled:
+                m = batch[f"{key}/mask"][:, :t] if sp.has_mask else None
+                if m is None or m.shape[2] > 1:  # per stored band -> model bands (derived: both inputs valid;
+                    m = bands_mask(m, sp, data.shape)  # filled slots: never valid)
+                x[f"{key}_mask"] = torch.from_numpy(np.ascontiguousarray(m))
         else:
             v = _finite((bands_float(data[:, 0], sp) - mean) / std)
             x[key] = torch.from_numpy(np.ascontiguousarray(v))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import ray
@@ -38,10 +39,10 @@ import torch
 from anysat import AnySat
 from pipelines import store as st
 from ray_jobs.cli import entrypoint_parser, run_cli, script
+from ray_jobs.cluster import check_gpus, init_ray
 from ray_jobs.data import ReadRange, collate, quiet_ray_data, stream_items
 from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask
 from ray_jobs.plan import DataPlan
-from ray_jobs.runtime import init_ray
 from ray_jobs.task import load_encoder, load_finetuned, model_from_state, prepare_task
 
 __all__ = ["main", "Predictor"]
@@ -149,6 +150,8 @@ def _layout(source: st.StoreMeta, plan: DataPlan, task: ResolvedTask, output: st
 def _run(job: _Job) -> int:
     args, cfg, plan, task = job.args, job.cfg, job.plan, job.task
     init_ray(log_to_driver=False)
+    if cfg.use_gpu:
+        check_gpus(args.concurrency, f"use_gpu: true with --concurrency {args.concurrency} inference actor(s)")
     quiet_ray_data()
     t0 = time.perf_counter()
     reader = st.StoreReader(plan.url, plan.storage_options)
@@ -225,6 +228,20 @@ def _write_shard(root, layout: st.StoreLayout, s: int, rows: list[tuple[int, np.
     return len(rows)
 
 
+def _positive(kind: type) -> Callable[[str], int | float]:
+    """argparse type: a number > 0 (0 or a negative count is a mistake, never "the default")."""
+    def parse(text: str) -> int | float:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} > 0, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     p = entrypoint_parser("python -m ray_jobs.embed", __doc__, "fine-tuning config (data, encoder, task, storage)")
     p.add_argument("--out", required=True,
@@ -235,9 +252,9 @@ def _parser() -> argparse.ArgumentParser:
                                                       "(default <storage_path>/<name>)")
     p.add_argument("--encoder-only", action="store_true", help="use the config's encoder source, no fine-tuning")
     p.add_argument("--weights", choices=("best", "last"), default="best")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--concurrency", type=int, default=1, help="inference actors")
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per inference actor")
+    p.add_argument("--batch-size", type=_positive(int), default=None)
+    p.add_argument("--concurrency", type=_positive(int), default=1, help="inference actors")
+    p.add_argument("--num-cpus", type=_positive(float), default=1.0, help="CPUs per inference actor")
     return p
 
 

@@ -11,7 +11,8 @@ and the per-class table (CSV + Markdown) go to the fine-tuning run's MLflow run 
 the checkpoint), under ``evaluation/<split>/``. The same logging runs at the end of every fine-tuning job.
 
 Runs in this process, no Ray cluster needed: tiles are read with the read function the training
-streams use (evaluation crops), exactly as the fine-tuning job's evaluation.
+streams use, and the window of a cropped sensor follows ``eval.test_crop`` (centre, a seeded random
+window per tile, or the official FLAIR five-window average), exactly as the fine-tuning job's test.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ray_jobs.cli import entrypoint_parser, run_cli, script
+from ray_jobs.credentials import redact
 from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask
 from ray_jobs.plan import DataPlan, Split
 from ray_jobs.plots import log_evaluation, per_class_table
@@ -43,7 +45,8 @@ class _Job:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = entrypoint_parser("python -m ray_jobs.evaluate", __doc__, "the fine-tuning config (configs/finetune/*.yaml)")
+    p = entrypoint_parser("python -m ray_jobs.evaluate", __doc__, "the fine-tuning config (configs/finetune/*.yaml)",
+                          address=False)  # runs in this process, without Ray
     p.add_argument("--checkpoint", default=None,
                    help="run folder, checkpoint folder or state.pt (default: <storage_path>/<name>)")
     p.add_argument("--split", default=None, help="split to evaluate (default: eval.test_split)")
@@ -76,7 +79,8 @@ def _run(job: _Job) -> int:
     model.to(device)
 
     scalars, metrics, samples = run_evaluation(model, plan, task, job.split, rank=0, world=1, device=device,
-                                               seed=cfg.seed, keep_samples=8, prefix=name)
+                                               seed=cfg.seed, keep_samples=8, prefix=name, crop=cfg.eval.test_crop,
+                                               crop_offsets=cfg.eval.crop_offsets)
     stats, per_class = metrics.statistics(), metrics.per_class()
     _, md = per_class_table(per_class, task.classes)
     print(f"{task.dataset}/{task.label} {name} ({job.weights} weights, step {step}, {state_file}):")
@@ -88,7 +92,7 @@ def _run(job: _Job) -> int:
             tracker.log_metrics(scalars, step)
             log_evaluation(tracker, task, name, stats, per_class, samples, scalars)
             tracker.set_tags({f"anysat.evaluated.{name}": job.weights})
-        print(f"logged to MLflow run {run_id} at {cfg.mlflow.tracking_uri}")
+        print(f"logged to MLflow run {run_id} at {redact(cfg.mlflow.tracking_uri)}")
     return 0
 
 

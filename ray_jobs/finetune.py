@@ -31,9 +31,13 @@ from typing import Any
 import torch
 import yaml
 
+from ray_jobs import normalization as nz
 from ray_jobs import runtime
 from ray_jobs.cli import entrypoint_parser, run_cli, script
+from ray_jobs.config import check_outputs
+from ray_jobs.credentials import redact
 from ray_jobs.data import StoreStream, collate
+from ray_jobs.epochs import EpochSchedule, apply_epochs
 from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask
 from ray_jobs.plan import DataPlan, Split, store_versions
 from ray_jobs.plots import log_evaluation, log_preview
@@ -53,7 +57,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world, device = runtime.worker_context()
 
     torch.manual_seed(cfg.seed)  # identical head init on every rank (DDP broadcasts anyway)
-    module = build_task_model(load_encoder(cfg, list(plan.sensors)), task, cfg.mode == "lp").to(device)
+    encoder = load_encoder(cfg, list(plan.sensors))
+    new_projectors = ",".join(encoder.new_sensors) if cfg.encoder.source != "scratch" else "all"
+    module = build_task_model(encoder, task, cfg.mode != "ft", train_new=cfg.mode == "lpplus").to(device)
     optimizer = runtime.build_optimizer(cfg.optim, module.trainable_parameters())
     scheduler = runtime.build_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
     plateau = runtime.is_plateau(scheduler)
@@ -81,7 +87,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     tracker = runtime.worker_tracker(cfg, run_id, rank, tags)
     if rank == 0:
         tracker.log_params({"trainable_parameters": sum(p.numel() for p in module.trainable_parameters()),
-                            "total_parameters": sum(p.numel() for p in module.parameters())})
+                            "total_parameters": sum(p.numel() for p in module.parameters()),
+                            "new_projectors": new_projectors or "none"})
+        nz.log_band_plan(tracker, {plan.name: plan})  # where every model band comes from, before step 1
 
     it = StoreStream(plan, plan.split, train=True, rank=rank, world=world, seed=cfg.seed,
                      read_num_cpus=cfg.data.read_num_cpus, prefetch_batches=cfg.data.prefetch_batches,
@@ -180,7 +188,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             tracker.log_metrics({"best_step": best["step"]}, step)
         if plan.has_split(cfg.eval.test_split):
             test, metrics, samples = run_evaluation(module, plan, task, cfg.eval.test_split, prefix="test",
-                                                    keep_samples=8 if rank == 0 else 0,
+                                                    keep_samples=8 if rank == 0 else 0, crop=cfg.eval.test_crop,
+                                                    crop_offsets=cfg.eval.crop_offsets,
                                                     **{**eval_kw, "max_batches": None})
             stats, per_class = metrics.statistics(), metrics.per_class()  # collectives: every rank
             if rank == 0:
@@ -223,23 +232,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prepare(args: argparse.Namespace) -> tuple[FinetuneConfig, DataPlan, ResolvedTask, bool]:
-    return (*prepare_task(args.config, args.overrides), args.dry_run)
+def _prepare(args: argparse.Namespace) -> tuple[FinetuneConfig, DataPlan, ResolvedTask, bool, EpochSchedule | None]:
+    cfg, plan, task = prepare_task(args.config, args.overrides)
+    check_outputs(cfg)
+    cfg, sched = apply_epochs(cfg, {plan.name: plan})  # train.epochs -> steps
+    return cfg, plan, task, args.dry_run, sched
 
 
-def _run(prepared: tuple[FinetuneConfig, DataPlan, ResolvedTask, bool]) -> int:
-    cfg, plan, task, dry_run = prepared
+def _run(prepared: tuple[FinetuneConfig, DataPlan, ResolvedTask, bool, EpochSchedule | None]) -> int:
+    cfg, plan, task, dry_run, sched = prepared
     print(f"{cfg.mode.upper()} {task.dataset}/{task.label} ({task.kind}, {len(task.classes)} classes): "
           f"{plan.n_split} {_split_desc(plan, plan.split)} tiles, val {_split_desc(plan, plan.val_split)}, "
           f"test {_split_desc(plan, cfg.eval.test_split)}, "
           f"batch {plan.batch_size} x {cfg.num_workers} workers, patch {task.patch_size_m} m, head {task.head}, "
           f"loss {task.loss}, monitor val/{task.monitor}; "
           f"encoder {cfg.encoder.source} {cfg.encoder.uri or cfg.model.size}")
-    print(f"storage: {cfg.storage_path}/{cfg.name}   mlflow: {cfg.mlflow.tracking_uri} "
+    print(f"storage: {cfg.storage_path}/{cfg.name}   mlflow: {redact(cfg.mlflow.tracking_uri)} "
           f"(experiment {cfg.mlflow.experiment})")
     if dry_run:
+        print(nz.band_plan_markdown(nz.band_plan({plan.name: plan})), end="")
         return 0
-    params = {**store_versions({plan.name: plan}),
+    params = {**store_versions({plan.name: plan}), **(sched.params() if sched else {}),
               **{f"task.resolved.{k}": v for k, v in task.model_dump().items() if k != "classes"}}
     return runtime.fit(cfg, train_loop_per_worker, {"config": cfg.model_dump(mode="json"), "plan": plan,
                                                     "task": task.model_dump()},

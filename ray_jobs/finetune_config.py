@@ -10,7 +10,9 @@ same path resolution) plus three sections:
 * ``eval`` — test split, early stopping, which checkpoint the test numbers come from.
 
 ``mode: ft`` trains every weight; ``mode: lp`` freezes the encoder (eval mode, no grad) and trains
-only the head. Unset task fields are filled from the dataset registry (``pipelines.datasets``) by
+only the head; ``mode: lpplus`` (the official ``freeze_new``) trains the head and the projectors of the
+task's sensors the encoder weights have none for (``hls`` on the released weights), built from the
+sensor registry and initialised as the official code does, the rest frozen and in eval mode. Unset task fields are filled from the dataset registry (``pipelines.datasets``) by
 :func:`resolve_task`, so a config names only what differs from the paper defaults.
 """
 
@@ -96,6 +98,16 @@ class EvalConfig(Section):
     """Test with the weights of the best validation evaluation (else the last weights)."""
     plots: bool = True
     """Log the confusion-matrix / prediction-grid plots and the per-class table of the test split."""
+    test_crop: Literal["centre", "random", "multi"] = "centre"
+    """Test-time window of a sensor cropped in training (``data.datasets[].crop``): ``centre``;
+    ``random``, one window per tile drawn from (seed, tile) (the official TreeSatAI test transform is
+    the training RandomCrop); ``multi``, the model on every window of ``crop_offsets``, logits summed
+    over the whole image and divided by how many windows cover each pixel (the official FLAIR
+    evaluation). Validation always uses the centre window."""
+    crop_offsets: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(0, 0), (0, 12), (12, 0), (12, 12), (6, 6)])
+    """``test_crop: multi``: (row, col) offsets of the windows in pixels of the cropped sensor
+    (default: the official FLAIR five, for 500 px windows of the 512 px image)."""
 
 
 class FinetuneMlflow(MlflowConfig):
@@ -103,7 +115,7 @@ class FinetuneMlflow(MlflowConfig):
 
 
 class FinetuneConfig(TrainConfig):
-    mode: Literal["ft", "lp"] = "ft"
+    mode: Literal["ft", "lp", "lpplus"] = "ft"
     encoder: EncoderSource = Field(default_factory=EncoderSource)
     task: TaskConfig = Field(default_factory=TaskConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -24,10 +24,12 @@ import numpy as np
 from anysat.sensors import get_sensor
 from pipelines import store as st
 from pipelines.datasets import get_dataset
+from ray_jobs import normalization as nz
 from ray_jobs.config import DatasetEntry, TrainConfig, store_url
+from ray_jobs.timesteps import real_steps
 
 __all__ = ["Band", "SensorPlan", "DataPlan", "Split", "resolve_plans", "split_aliases", "store_versions",
-           "bands_float"]
+           "bands_float", "bands_mask", "store_group"]
 
 Split = Union[str, tuple[str, ...]]
 """A split as configured: a name (store split or alias) or a tuple of store splits."""
@@ -36,7 +38,9 @@ Split = Union[str, tuple[str, ...]]
 @dataclass(frozen=True)
 class Band:
     """One model band: stored band ``index``, or derived ``clip(num / (den + eps), -clip, clip)``
-    from stored bands ``num`` and ``den`` (the S1/ALOS cross-polarisation ratio)."""
+    from stored bands ``num`` and ``den`` (the S1/ALOS cross-polarisation ratio), or a ``filled`` slot
+    the store has no band for (zero after normalisation and masked invalid: SICKLE's Landsat-8 in the
+    official 11-slot ``l8`` layout, ``anysat.sensors.SlotSource``)."""
 
     name: str
     index: int | None = None
@@ -44,10 +48,11 @@ class Band:
     den: int | None = None
     eps: float = 0.0
     clip: float = 0.0
+    filled: bool = False
 
     @property
     def derived(self) -> bool:
-        return self.index is None
+        return self.index is None and not self.filled
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,24 @@ class SensorPlan:
     height: int
     width: int
     has_mask: bool
+    """The store has a validity mask for this sensor's stored group."""
+    store_key: str | None = None
+    """The store group read when it is not ``key`` (a sensor assembled slot by slot from another)."""
+    sources: tuple[str, ...] = ()
+    """Per model band, where it comes from (``stored|derived|filled|missing ...``: the band plan,
+    ``ray_jobs.normalization``)."""
+    norm: str = ""
+    """Which statistics mean/std are (``anysat``, ``pooled``, a fallback, a file)."""
+
+    @property
+    def stored(self) -> str:
+        """The store group this sensor's arrays are read from."""
+        return self.store_key or self.key
+
+    @property
+    def filled(self) -> bool:
+        """Some model band is a filled slot: the loader builds a validity mask even without a stored one."""
+        return any(b.filled for b in self.bands)
 
 
 @dataclass(frozen=True)
@@ -152,8 +175,8 @@ def _resolve(cfg: TrainConfig, e: DatasetEntry) -> DataPlan:
     reader = st.StoreReader(url, so)
     meta = reader.meta
     stored = list(meta.sensors)
-    sensors = list(e.sensors) if e.sensors else [s for s in spec.model_sensors if s in stored]
-    missing = [s for s in sensors if s not in stored]
+    sensors = list(e.sensors) if e.sensors else [s for s in spec.model_sensors if store_group(s, stored)]
+    missing = [s for s in sensors if not store_group(s, stored)]
     if missing or not sensors:
         raise ValueError(f"{e.name}: sensors {missing or sensors} not in store {url} (stored: {stored})")
 
@@ -174,9 +197,12 @@ def _resolve(cfg: TrainConfig, e: DatasetEntry) -> DataPlan:
     if bad:
         raise ValueError(f"{e.name}: patch sizes {bad} do not divide the {tile_m:g} m tile")
     for s, size in e.crop.items():
-        if s in sensors and size and size > min(meta.sensors[s].height, meta.sensors[s].width):
+        info = meta.sensors[store_group(s, stored)] if s in sensors else None
+        if info is not None and size and size > min(info.height, info.width):
             raise ValueError(f"{e.name}: crop {size} px larger than the {s} image")
-    sensor_plans = {s: _sensor_plan(reader, s, e.name, train_splits) for s in sensors}
+    sensor_plans = {s: _sensor_plan(reader, s, e.name, train_splits, cfg.data.normalization, e.allow_filled_bands)
+                    for s in sensors}
+    nz.check_allow(e.name, e.allow_filled_bands, sensor_plans)
     unknown_crop = sorted(set(e.crop) - set(sensors))
     if unknown_crop:
         raise ValueError(f"{e.name}: crop given for sensors not used: {unknown_crop}")
@@ -228,36 +254,62 @@ def _short_provenance(p: Any) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- sensors
-def _sensor_plan(reader: st.StoreReader, key: str, dataset: str, split: tuple[str, ...]) -> SensorPlan:
-    """Model bands of ``key``, where each comes from (stored index or derived), and its mean/std."""
+def store_group(key: str, stored) -> str | None:
+    """The store group model sensor ``key`` is read from: ``key`` itself when stored, else the first
+    stored sensor it can be assembled from slot by slot (``anysat.sensors.SlotSource``); None if neither."""
+    if key in stored:
+        return key
+    return next((src.sensor for src in get_sensor(key).sources if src.sensor in stored), None)
+
+
+def _sensor_plan(reader: st.StoreReader, key: str, dataset: str, split: tuple[str, ...], normalization: str = "anysat",
+                 allow: tuple[str, ...] | list[str] = ()) -> SensorPlan:
+    """Model bands of ``key``, where each comes from (stored index, derived or filled slot), and its mean/std
+    (``normalization``: ``ray_jobs.normalization``); a filled or missing band not in ``allow`` is an error."""
     sensor = get_sensor(key)
-    stored_bands = list(reader.meta.sensors[key].bands)
-    stats = (reader.meta.stats or {}).get(key)
+    group = store_group(key, reader.meta.sensors) or key
+    slots = next((src for src in sensor.sources if src.sensor == group), None) if group != key else None
+    stored_bands = list(reader.meta.sensors[group].bands)
+    stats = nz.stored_statistics(reader.meta, group, split, normalization, dataset)
     derived = {d.name: d for d in sensor.derived}
+    sources: list[str] = []
     bands: list[Band] = []
     mean: list[float] = []
     std: list[float] = []
     for b in sensor.bands:
-        if b in stored_bands:
-            i = stored_bands.index(b)
+        src = b if slots is None else slots.stored_band(b)
+        if slots is not None and src is None:  # a slot the archive has no band for: 0, masked invalid
+            bands.append(Band(b, filled=True))
+            sources.append(f"filled: {group} has no band for this slot (zero, masked invalid)")
+            m, s = 0.0, 1.0
+        elif src in stored_bands:
+            i = stored_bands.index(src)
             bands.append(Band(b, index=i))
-            m = stats.mean[i] if stats is not None else None
-            s = stats.std[i] if stats is not None else None
+            sources.append(f"filled: {group}/{src} has no valid value in the statistics splits" if stats.count[i] == 0
+                           else f"stored {group}/{src}")
+            m, s = stats.mean[i], stats.std[i]
         elif b in derived:
             d = derived[b]
             if d.numerator not in stored_bands or d.denominator not in stored_bands:
                 raise ValueError(f"{dataset}: cannot derive {key} band {b!r} from stored bands {stored_bands}")
             bands.append(Band(b, num=stored_bands.index(d.numerator), den=stored_bands.index(d.denominator),
                               eps=d.eps, clip=d.clip))
+            sources.append(f"derived {d.numerator}/({d.denominator}+{d.eps:g}) of {group}")
             m = s = None
-        else:
-            raise ValueError(f"{dataset}: store lacks {key} band {b!r} (stored: {stored_bands})")
+        else:  # zero-filled and masked if allowed (nz.check_bands below), else an error naming the band
+            bands.append(Band(b, filled=True))
+            sources.append(f"missing: not in {group} (stored: {', '.join(stored_bands)}), zero-filled and masked")
+            m, s = 0.0, 1.0
         mean.append(np.nan if m is None else float(m))
         std.append(np.nan if s is None else float(s))
-    info = reader.meta.sensors[key]
+    info = reader.meta.sensors[group]
     plan = SensorPlan(key=key, bands=tuple(bands), mean=tuple(mean), std=tuple(std),
                       time_series=bool(sensor.time_series), context=bool(sensor.context), t_max=int(info.t_max),
-                      height=int(info.height), width=int(info.width), has_mask=bool(info.mask_channels))
+                      height=int(info.height), width=int(info.width), has_mask=bool(info.mask_channels),
+                      store_key=None if group == key else group, sources=tuple(sources), norm=stats.method)
+    nz.check_bands(dataset, key, sensor.bands, sources, allow)
+    if stats.method.startswith("file"):
+        mean, std = nz.file_statistics(normalization, dataset, key, sensor.bands, reader.storage_options)
     if not all(np.isfinite(mean + std)):
         # Derived bands (and stores written without stats) get statistics from the first train shard:
         # deterministic, identical on every rank, and one shard read per dataset at start-up.
@@ -267,35 +319,58 @@ def _sensor_plan(reader: st.StoreReader, key: str, dataset: str, split: tuple[st
 
 def _estimate_stats(reader: st.StoreReader, plan: SensorPlan, split: tuple[str, ...], mean: list[float],
                     std: list[float]) -> tuple[list[float], list[float]]:
-    key = plan.key
+    key = plan.stored
     lo, hi = reader.shard_ranges()[0]
     block = reader.read(lo, hi, [key], labels=False, tiles=True)
     keep = np.isin(block["tiles/split"], split)
     x = bands_float(block[f"{key}/data"][keep], plan)
-    valid = block[f"{key}/dates"][keep] >= 0 if plan.time_series else np.ones(x.shape[:2], bool)
+    mask = block.get(f"{key}/mask")
+    valid = (real_steps(block[f"{key}/data"][keep], block[f"{key}/dates"][keep], None if mask is None else mask[keep])
+             if plan.time_series else np.ones(x.shape[:2], bool))  # undated images count, padding does not
     vals = np.moveaxis(x[valid], 1, 0).reshape(len(plan.bands), -1) if valid.any() else None
+    anysat = nz.sample_average(x, valid) if plan.norm == "anysat" and valid.any() else None
     mean, std = list(mean), list(std)
     for i in range(len(plan.bands)):
         if np.isfinite(mean[i]) and np.isfinite(std[i]):
             continue
         if vals is None or not vals.shape[1]:
             mean[i], std[i] = 0.0, 1.0
+        elif anysat is not None and np.isfinite(anysat[0][i]):  # the per-sample method for derived bands too
+            mean[i], std[i] = float(anysat[0][i]), float(anysat[1][i]) if np.isfinite(anysat[1][i]) else 1.0
         else:
             v = vals[i][np.isfinite(vals[i])]
-            mean[i], std[i] = float(v.mean()), float(v.std())
+            mean[i], std[i] = (float(v.mean()), float(v.std())) if v.size else (0.0, 1.0)
     return mean, std
 
 
 def bands_float(x: np.ndarray, sp: SensorPlan) -> np.ndarray:
-    """Raw stored bands (..., C_stored, H, W) -> float32 model bands incl. derived ratios."""
+    """Raw stored bands (..., C_stored, H, W) -> float32 model bands incl. derived ratios (filled slots 0)."""
     x = x.astype(np.float32, copy=False)
     cols = []
     for b in sp.bands:
-        if not b.derived:
+        if b.filled:
+            cols.append(np.zeros(x.shape[:-3] + x.shape[-2:], np.float32))
+        elif not b.derived:
             cols.append(x[..., b.index, :, :])
         else:
             r = x[..., b.num, :, :] / (x[..., b.den, :, :] + b.eps)
             cols.append(np.clip(r, -b.clip, b.clip))
+    return np.stack(cols, axis=-3)
+
+
+def bands_mask(mask: np.ndarray | None, sp: SensorPlan, shape: tuple[int, ...]) -> np.ndarray:
+    """Validity mask of a sensor with filled slots: the stored mask (..., 1|C_stored, H, W) or None
+    (all valid) for stored data of ``shape`` (..., C_stored, H, W) -> (..., C_model, H, W) bool: a stored
+    band keeps its channel, a derived one is valid where both inputs are, a filled slot never is."""
+    lead, hw = tuple(shape[:-3]), tuple(shape[-2:])
+
+    def ch(i: int) -> np.ndarray:
+        if mask is None:
+            return np.ones(lead + hw, bool)
+        return mask[..., 0 if mask.shape[-3] == 1 else i, :, :].astype(bool)
+
+    cols = [np.zeros(lead + hw, bool) if b.filled else ch(b.index) if not b.derived else ch(b.num) & ch(b.den)
+            for b in sp.bands]
     return np.stack(cols, axis=-3)
 
 

@@ -35,10 +35,13 @@ import torch
 
 from anysat import AnySat
 from anysat.pretrain.jepa import JEPA
+from ray_jobs import normalization as nz
 from ray_jobs import runtime
 from ray_jobs.cli import entrypoint_parser, run_cli, script
-from ray_jobs.config import PretrainConfig, check_stores, load_config, resolve_paths
+from ray_jobs.config import PretrainConfig, check_outputs, check_stores, load_config, resolve_paths
+from ray_jobs.credentials import redact
 from ray_jobs.data import StoreStream, collate, item_tiles, stream_items
+from ray_jobs.epochs import EpochSchedule, apply_epochs
 from ray_jobs.plan import DataPlan, resolve_plans, store_versions
 from ray_jobs.plots import log_preview
 from ray_jobs.schedule import Schedule
@@ -208,6 +211,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if restored:
         tags["anysat.resumed_from_step"] = step
     tracker = runtime.worker_tracker(cfg, run_id, rank, tags)
+    if rank == 0:
+        nz.log_band_plan(tracker, plans)  # where every model band comes from, before step 1
 
     iters = {n: StoreStream(p, p.split, train=True, rank=rank, world=world, seed=cfg.seed,
                             read_num_cpus=cfg.data.read_num_cpus,
@@ -297,24 +302,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _prepare(args: argparse.Namespace) -> tuple[PretrainConfig, dict[str, DataPlan], bool]:
+def _prepare(args: argparse.Namespace) -> tuple[PretrainConfig, dict[str, DataPlan], bool, EpochSchedule | None]:
     cfg = resolve_paths(load_config(args.config, args.overrides, cls=PretrainConfig))
     check_stores(cfg)
-    return cfg, resolve_plans(cfg), args.dry_run
+    check_outputs(cfg)
+    plans = resolve_plans(cfg)
+    cfg, sched = apply_epochs(cfg, plans)  # train.epochs -> steps (official GeoPlex epoch: ray_jobs/epochs.py)
+    return cfg, plans, args.dry_run, sched
 
 
-def _run(prepared: tuple[PretrainConfig, dict[str, DataPlan], bool]) -> int:
-    cfg, plans, dry_run = prepared
+def _run(prepared: tuple[PretrainConfig, dict[str, DataPlan], bool, EpochSchedule | None]) -> int:
+    cfg, plans, dry_run, sched = prepared
     for n, p in plans.items():
         split = p.split if isinstance(p.split, str) else list(p.split)
         print(f"{n}: {p.url} {p.n_split} {split} tiles, batch {p.batch_size}, weight {p.weight}, "
               f"patch sizes {list(p.patch_sizes_m)} m, sensors {list(p.sensors)}")
-    print(f"storage: {cfg.storage_path}/{cfg.name}   mlflow: {cfg.mlflow.tracking_uri} "
+    print(f"storage: {cfg.storage_path}/{cfg.name}   mlflow: {redact(cfg.mlflow.tracking_uri)} "
           f"(experiment {cfg.mlflow.experiment})")
     if dry_run:
         return 0
     return runtime.fit(cfg, train_loop_per_worker, {"config": cfg.model_dump(mode="json"), "plans": plans},
-                       params=store_versions(plans), what="training")
+                       params={**store_versions(plans), **(sched.params() if sched else {})}, what="training")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,11 @@
 """What every Ray Train job of this project shares, driver side and worker side.
 
-Driver: :func:`fit` connects to Ray, finds out whether ``storage_path/name`` resumes, opens (or
-reopens) the MLflow run, runs the job's ``train_func`` on a ``TorchTrainer`` (workers, GPU/gloo,
-storage and its filesystem, checkpoints kept, failure restarts, worker environment) and turns the
-outcome into an exit code.
+Driver: :func:`fit` connects to Ray (:mod:`ray_jobs.cluster`: a local instance unless an address is
+given; GPUs checked), finds out whether ``storage_path/name`` resumes, opens (or reopens) the MLflow
+run and keeps its heartbeat while the job runs, runs the job's ``train_func`` on a ``TorchTrainer``
+(workers, GPU/gloo, storage and its filesystem, checkpoints kept, failure restarts, worker
+environment) and turns the outcome into an exit code. Credentials reach the workers through a
+private file, never through Ray's runtime env (:mod:`ray_jobs.credentials`).
 
 Worker: :func:`worker_context`, :func:`wrap_ddp`, :func:`worker_tracker`, the optimiser and lr
 schedule builders, checkpoint writing (:func:`save_checkpoint_state` + :func:`report_checkpoint`)
@@ -19,6 +21,7 @@ path makes a resubmitted run name resume (Ray Train restores its checkpoint list
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -38,38 +41,47 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from ray_jobs import credentials
+from ray_jobs.cluster import check_gpus, init_ray
 from ray_jobs.config import FaultInjection, OptimConfig, TrainConfig
 from ray_jobs.data import quiet_ray_data
-from ray_jobs.tracking import Tracker, open_run
+from ray_jobs.tracking import Heartbeat, Tracker, open_run
 
-__all__ = ["CHECKPOINT_FILE", "init_ray", "fit", "has_checkpoints", "storage_filesystem", "worker_env",
-           "worker_context", "wrap_ddp", "use_bf16", "worker_tracker", "build_optimizer", "build_scheduler",
+__all__ = ["CHECKPOINT_FILE", "SNAPSHOT_FILE", "init_ray", "fit", "has_checkpoints", "latest_recorded_checkpoint",
+           "storage_filesystem", "worker_env", "worker_context", "wrap_ddp", "use_bf16", "worker_tracker",
+           "build_optimizer", "build_scheduler",
            "is_plateau", "save_checkpoint_state", "load_checkpoint_state", "report_checkpoint",
            "latest_checkpoint", "restore_training", "join_state", "all_reduce_mean", "maybe_inject_fault"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+"""Ray Train's record of the checkpoints a run reported, in the run folder (``storage_path/name``)."""
 
 
 # ------------------------------------------------------------------------------------------- driver
-def init_ray(log_to_driver: bool = True) -> None:
-    """``RAY_ADDRESS`` (set by ``ray job submit``) or a running local cluster if there is one, else
-    a local instance for this process."""
-    if not ray.is_initialized():
-        ray.init(log_to_driver=log_to_driver)
-
-
 def fit(cfg: TrainConfig, train_func: Callable[[dict], None], loop_config: dict[str, Any], *,
         params: dict[str, Any], what: str) -> int:
     """Run ``train_func(loop_config | {"run_id": ...})`` on a TorchTrainer, tracked in MLflow with
     ``params`` beside the flattened config; returns the process exit code. A failed run is marked
-    FAILED in MLflow (it must not stay RUNNING forever) and reported as ``<what> failed: ...``."""
+    FAILED in MLflow (it must not stay RUNNING forever) and reported as ``<what> failed: ...``.
+    An unreachable cluster, missing GPUs or a run name another live driver is running raise
+    :class:`ray_jobs.config.ConfigError`."""
+    credentials.register_secrets(cfg.storage_options, cfg.data.storage_options)
     init_ray()
+    if cfg.use_gpu:
+        check_gpus(cfg.num_workers, f"use_gpu: true with {cfg.num_workers} worker(s)")
     resume = has_checkpoints(cfg)
     if resume:
         print(f"resuming {cfg.storage_path}/{cfg.name} from its latest checkpoint")
     run_id = open_run(cfg, params, resume=resume) if cfg.mlflow.enabled else None
+    with credentials.secrets_file() as secrets, Heartbeat(cfg.mlflow.tracking_uri, run_id):
+        return _fit(cfg, train_func, loop_config, run_id, credentials.worker_env(secrets), what)
+
+
+def _fit(cfg: TrainConfig, train_func: Callable[[dict], None], loop_config: dict[str, Any], run_id: str | None,
+         env: dict[str, str], what: str) -> int:
     path, fs = storage_filesystem(cfg)
     trainer = TorchTrainer(
         train_func,
@@ -82,7 +94,7 @@ def fit(cfg: TrainConfig, train_func: Callable[[dict], None], loop_config: dict[
             name=cfg.name, storage_path=path, storage_filesystem=fs,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.num_to_keep),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            worker_runtime_env={"env_vars": worker_env()}),
+            worker_runtime_env={"env_vars": env}),
     )
     try:
         result = trainer.fit()
@@ -92,22 +104,48 @@ def fit(cfg: TrainConfig, train_func: Callable[[dict], None], loop_config: dict[
     if error:
         if run_id:
             Tracker(cfg.mlflow.tracking_uri, run_id).finish("FAILED")
-        print(f"{what} failed: {error}", file=sys.stderr)
+        print(credentials.redact(f"{what} failed: {error}"), file=sys.stderr)
         return 1
-    print(f"done: checkpoint {result.checkpoint.path if result.checkpoint else None}; MLflow run {run_id} "
-          f"at {cfg.mlflow.tracking_uri}")
+    print(credentials.redact(f"done: checkpoint {result.checkpoint.path if result.checkpoint else None}; "
+                             f"MLflow run {run_id} at {cfg.mlflow.tracking_uri}"))
     return 0
 
 
 def has_checkpoints(cfg: TrainConfig) -> bool:
     """Whether ``storage_path/name`` holds a Ray Train run to resume (its checkpoint list)."""
-    url = f"{cfg.storage_path.rstrip('/')}/{cfg.name}/checkpoint_manager_snapshot.json"
+    url = f"{cfg.storage_path.rstrip('/')}/{cfg.name}/{SNAPSHOT_FILE}"
     so = dict(cfg.storage_options) if "://" in url else {}
     fs, path = fsspec.core.url_to_fs(url, **so)
     try:
         return fs.exists(path)
     except OSError:
         return False
+
+
+def latest_recorded_checkpoint(fs, run_path: str, name: str = CHECKPOINT_FILE) -> str | None:
+    """The folder of the latest checkpoint that Ray Train recorded as complete in the run folder
+    ``run_path`` (of the fsspec filesystem ``fs``) and that holds ``name``; ``None`` when the folder has
+    no (readable) record, i.e. is not a Ray Train V2 run folder.
+
+    Ray Train registers a checkpoint in ``checkpoint_manager_snapshot.json`` only after the worker
+    finished writing it to storage, so a ``checkpoint_*`` folder that a kill interrupted mid-upload is
+    never in the record, even when it is the newest folder. FileNotFoundError when the record names
+    no checkpoint holding ``name``."""
+    try:
+        snap = json.loads(fs.cat_file(f"{run_path}/{SNAPSHOT_FILE}"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("unreadable Ray Train checkpoint record in %s (%s)", run_path, e)
+        return None
+    results = snap.get("checkpoint_results") or []
+    order = snap.get("checkpoint_report_indices") or list(range(len(results)))
+    names = [r["checkpoint_dir_name"] for _, r in sorted(zip(order, results), key=lambda x: x[0], reverse=True)]
+    latest = (snap.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    for n in dict.fromkeys(([latest] if latest else []) + names):
+        if fs.exists(f"{run_path}/{n}/{name}"):
+            return f"{run_path}/{n}"
+    raise FileNotFoundError(f"{run_path}: none of the checkpoints Ray Train recorded as complete holds {name}")
 
 
 def storage_filesystem(cfg: TrainConfig) -> tuple[str, pafs.FileSystem | None]:
@@ -130,19 +168,18 @@ def storage_filesystem(cfg: TrainConfig) -> tuple[str, pafs.FileSystem | None]:
     return cfg.storage_path[len("s3://"):], pafs.S3FileSystem(**kw)
 
 
-def worker_env() -> dict[str, str]:
-    """Workers log to MLflow and write to S3: forward the few settings they need (never logged)."""
-    keep = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-            "MLFLOW_TRACKING_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-            "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "ANYSAT_GIT_COMMIT")
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    return env
+def worker_env(secrets_path: str | None = None) -> dict[str, str]:
+    """The runtime-env variables of the workers: the settings they need to log to MLflow and read S3,
+    and the path of the driver's secrets file; never a credential (Ray logs runtime envs)."""
+    return credentials.worker_env(secrets_path)
 
 
 # ------------------------------------------------------------------------------------------- worker
 def worker_context() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this Ray Train worker."""
+    """(rank, world size, device) of this Ray Train worker; loads the driver's credentials and redacts
+    them from this process's log records."""
+    credentials.load_secrets()
+    credentials.install_redaction()
     quiet_ray_data()
     ctx = ray.train.get_context()
     return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()

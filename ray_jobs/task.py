@@ -15,9 +15,10 @@ Used by the fine-tuning loop, by ``ray_jobs.evaluate`` and by ``ray_jobs.embed``
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import fsspec
 import numpy as np
@@ -28,17 +29,21 @@ from anysat import AnySat
 from anysat.heads import DenseSegmenter, TaskModel, TileClassifier
 from anysat.losses import build_loss
 from anysat.metrics import TaskMetrics
+from anysat.multicrop import FLAIR_OFFSETS, multicrop_logits, windows_per_sample
 from pipelines.store import StoreReader
 from ray_jobs.config import ConfigError, check_stores, load_config, resolve_paths
 from ray_jobs.data import ReadRange, collate, stream_items
 from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask, resolve_task
 from ray_jobs.plan import DataPlan, Split, resolve_plans
-from ray_jobs.runtime import CHECKPOINT_FILE, all_reduce_mean, join_state, load_checkpoint_state
+from ray_jobs.runtime import (CHECKPOINT_FILE, SNAPSHOT_FILE, all_reduce_mean, join_state, latest_recorded_checkpoint,
+                              load_checkpoint_state)
 from ray_jobs.tracking import download_model
 
 __all__ = ["FT_STATE_FILE", "prepare_task", "FinetuneModel", "build_task_model", "find_checkpoint_file",
            "load_encoder", "model_from_state", "load_finetuned", "eval_batches", "targets_from_batch",
            "check_shapes", "run_evaluation"]
+
+log = logging.getLogger(__name__)
 
 FT_STATE_FILE = "finetune_state.pt"
 """Beside the training state (``state.pt``): best weights, best value, early-stopping counters, task."""
@@ -81,28 +86,44 @@ class FinetuneModel(torch.nn.Module):
         return self.net.trainable_parameters()
 
 
-def build_task_model(encoder: AnySat, task: ResolvedTask, freeze: bool) -> FinetuneModel:
+def build_task_model(encoder: AnySat, task: ResolvedTask, freeze: bool, train_new: bool = False) -> FinetuneModel:
+    """Encoder + head + loss. ``freeze``: LP (the head only); with ``train_new`` LP+ (official
+    ``freeze_new``): the head and the projectors of ``encoder.new_sensors`` (those not loaded from the
+    weights) train, the rest of the encoder is frozen and in eval mode."""
     k = len(task.classes)
     head = (DenseSegmenter(encoder.embed_dim, k, task.proj_size) if task.head == "dense"
             else TileClassifier(encoder.embed_dim, k))
+    new = [s for s in encoder.new_sensors if s in encoder.sensors]
+    if freeze and new and not train_new:
+        log.warning("linear probing with new, untrained projectors for %s (frozen at their random init); "
+                    "mode lpplus trains them", new)
+    if freeze and train_new and not new:
+        log.warning("lpplus: the encoder weights have a projector for every sensor, so only the head trains")
     net = TaskModel(encoder, head, freeze_encoder=freeze, patch_size=task.patch_size_m,
-                    output_modality=task.output_modality)
+                    output_modality=task.output_modality,
+                    train_modules=[f"projector_{s}" for s in new] if freeze and train_new else ())
     return FinetuneModel(net, build_loss(task.loss, k))
 
 
 def find_checkpoint_file(uri: str, storage_options: dict | None = None, name: str = CHECKPOINT_FILE) -> str:
-    """``uri``: a ``state.pt``, a Ray Train checkpoint folder, or a run folder (its latest
-    ``checkpoint_*``). Returns a local file path (remote files are downloaded to a temp dir)."""
+    """``uri``: a ``state.pt``, a Ray Train checkpoint folder, or a run folder (the latest checkpoint
+    Ray Train recorded as complete: :func:`ray_jobs.runtime.latest_recorded_checkpoint`; a folder
+    without that record, e.g. of an older Ray, gives its newest ``checkpoint_*``, with a warning).
+    Returns a local file path (remote files are downloaded to a temp dir)."""
     fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}) if "://" in uri else {})
     if fs.isfile(path):
         target = path
     elif fs.exists(f"{path}/{name}"):
         target = f"{path}/{name}"
+    elif (recorded := latest_recorded_checkpoint(fs, path, name)) is not None:
+        target = f"{recorded}/{name}"
     else:
         ckpts = sorted(p for p in fs.glob(f"{path}/checkpoint_*") if fs.exists(f"{p}/{name}"))
         if not ckpts:
             raise FileNotFoundError(f"no {name} under {uri} (expected a checkpoint or a run folder)")
         target = f"{ckpts[-1]}/{name}"
+        log.warning("%s has no record of completed checkpoints (%s): taking the newest folder, %s, which an "
+                    "interrupted upload may have left incomplete", uri, SNAPSHOT_FILE, Path(ckpts[-1]).name)
     if "://" not in uri:
         return target
     local = Path(tempfile.mkdtemp(prefix="anysat-ckpt-")) / Path(target).name
@@ -110,23 +131,19 @@ def find_checkpoint_file(uri: str, storage_options: dict | None = None, name: st
     return str(local)
 
 
-def _subset(model: AnySat, sensors: list[str], attention: str | None) -> AnySat:
-    """The same encoder with only ``sensors``' projectors (a task fine-tunes on its own sensors);
-    a sensor without a pretrained projector is an error."""
-    have = set(model.sensors)
-    missing = [s for s in sensors if s not in have]
-    if missing:
-        raise ValueError(f"the pretrained encoder has no projector for {missing} (it has {sorted(have)})")
-    att = attention or model.attention
-    sub = AnySat(model.embed_dim, model.depth, model.num_heads, sensors=sensors, attention=att)
-    keep = {k: v for k, v in model.state_dict().items()
-            if not k.startswith("projector_") or k.split(".")[0][len("projector_"):] in sensors}
-    sub.load_state_dict(keep, strict=True)
-    return sub
+def _subset(weights, sensors: list[str], attention: str | None) -> AnySat:
+    """The encoder of ``weights`` (state dict or file) with the projectors of ``sensors`` only (a task
+    fine-tunes on its own sensors). A sensor the weights have no projector for gets a new projector
+    from the sensor registry, initialised as the official code does (``AnySat.new_sensors``)."""
+    enc = AnySat.from_official(weights, attention=attention or "tokens", sensors=sensors)
+    if enc.new_sensors:
+        log.info("new projectors (not in the encoder weights): %s", list(enc.new_sensors))
+    return enc
 
 
 def load_encoder(cfg: FinetuneConfig, sensors: list[str]) -> AnySat:
-    """The encoder of ``cfg.encoder``, with the projectors of ``sensors`` only."""
+    """The encoder of ``cfg.encoder``, with the projectors of ``sensors`` only; ``.new_sensors`` names
+    the projectors that were not in the weights (all of them from scratch)."""
     src = cfg.encoder
     attention = src.attention or cfg.model.kwargs.get("attention")
     if src.source == "scratch":
@@ -137,14 +154,14 @@ def load_encoder(cfg: FinetuneConfig, sensors: list[str]) -> AnySat:
     if src.source == "official":
         local = find_checkpoint_file(src.uri, cfg.storage_options, name="AnySat.pth") \
             if "://" in src.uri else src.uri
-        return _subset(AnySat.from_official(local, attention=attention or "tokens"), sensors, attention)
+        return _subset(local, sensors, attention)
     if src.source == "checkpoint":
         groups = load_checkpoint_state(find_checkpoint_file(src.uri, cfg.storage_options))["model"]
         # JEPA checkpoint: groups "encoder" (student) and "teacher" (EMATeacher: keys "module.*")
         group = "teacher" if src.weights == "teacher" else "encoder"
         if group not in groups:
             raise ValueError(f"checkpoint {src.uri} has no {group!r} weights (groups: {sorted(groups)})")
-        return _subset(AnySat.from_official(groups[group], attention=attention or "tokens"), sensors, attention)
+        return _subset(groups[group], sensors, attention)
     # mlflow: the model pretraining logged (encoder_state_dict.pt + model_config.yaml)
     d = download_model(cfg.mlflow.tracking_uri, src.uri)
     sd_files = sorted(d.rglob("encoder_state_dict.pt"))
@@ -160,7 +177,7 @@ def load_encoder(cfg: FinetuneConfig, sensors: list[str]) -> AnySat:
                          f"take the {src.weights} from the pretraining checkpoint: encoder.source=checkpoint")
     if not attention:
         attention = meta.get("kwargs", {}).get("attention")
-    return _subset(AnySat.from_official(str(sd_files[0]), attention=attention or "tokens"), sensors, attention)
+    return _subset(str(sd_files[0]), sensors, attention)
 
 
 def _flat(groups: dict) -> dict:
@@ -240,8 +257,14 @@ def check_shapes(logits: torch.Tensor, y: torch.Tensor, task: ResolvedTask) -> N
 @torch.no_grad()
 def run_evaluation(module: FinetuneModel, plan: DataPlan, task: ResolvedTask, split: Split, *, rank: int,
                    world: int, device: torch.device, seed: int, max_batches: int | None = None,
-                   use_bf16: bool = False, keep_samples: int = 0, prefix: str = "val"):
+                   use_bf16: bool = False, keep_samples: int = 0, prefix: str = "val", crop: str = "centre",
+                   crop_offsets: Sequence[tuple[int, int]] = FLAIR_OFFSETS):
     """Loss and metrics of ``split`` (this rank's share, synced over ranks: a collective).
+
+    ``crop`` (``eval.test_crop``): the window of the sensor cropped in training (``plan.crop``):
+    ``centre`` (read that way), ``random`` (one window per tile drawn from (seed, tile)) or ``multi``
+    (logits of the windows at ``crop_offsets`` assembled over the whole image,
+    :func:`anysat.multicrop.multicrop_logits`; a dense label is then scored whole).
 
     Returns ``(scalars {prefix/loss, prefix/<metric>, prefix/n_samples}, TaskMetrics, samples)``;
     ``samples`` holds up to ``keep_samples`` (prediction, target, inputs) of this rank, for plots."""
@@ -249,14 +272,24 @@ def run_evaluation(module: FinetuneModel, plan: DataPlan, task: ResolvedTask, sp
     module.eval()
     metrics = TaskMetrics(task.kind, len(task.classes), task.ignore_index, task.conventions).to(device)
     loss_sum, n_loss, kept = 0.0, 0, []
-    batches = eval_batches(plan, split, task.label, rank, world, seed, int(plan.batch_size))
+    cropped = [(k, int(v)) for k, v in plan.crop.items() if v]
+    if crop != "centre" and len(cropped) > 1:
+        raise ValueError(f"{plan.name}: test_crop={crop} needs one cropped sensor, got {cropped}")
+    win = cropped[0] if crop != "centre" and cropped else None
+    read_plan = plan.replace(crop={k: v for k, v in plan.crop.items() if win is None or k != win[0]})
+    batches = eval_batches(read_plan, split, task.label, rank, world, seed, int(plan.batch_size))
     for i, raw in enumerate(batches):
         if max_batches is not None and i >= max_batches:
             break
-        x, pad = collate(raw, plan, device)
+        x, pad = collate(raw, read_plan, device)
         y = targets_from_batch(raw, task, device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = module(x, pad_mask=pad)
+            if win is None:
+                logits = module(x, pad_mask=pad)
+            elif crop == "multi":
+                logits = multicrop_logits(lambda xi: module(xi, pad_mask=pad), x, win[0], win[1], crop_offsets)
+            else:
+                logits, y = _random_windows(module, x, pad, y, raw["tile"], win, seed)
         logits = logits.float()
         check_shapes(logits, y, task)
         loss_sum += float(module.criterion(logits, y)) * len(y)
@@ -275,3 +308,17 @@ def run_evaluation(module: FinetuneModel, plan: DataPlan, task: ResolvedTask, sp
     out[f"{prefix}/n_samples"] = n * world
     module.train(was_training)
     return out, metrics, kept
+
+
+def _random_windows(module, x: dict, pad: dict, y: torch.Tensor, tiles, win: tuple[str, int], seed: int):
+    """Logits on one random window per tile (offsets drawn from (seed, tile index), so every run and
+    rank scores the same windows); a dense label is cut at the same place."""
+    key, size = win
+    h, w = x[key].shape[-2:]
+    offs = [tuple(int(v) for v in np.random.default_rng([seed, int(t)]).integers(0, [h - size + 1, w - size + 1]))
+            for t in tiles]
+    logits = module(windows_per_sample(x, key, size, offs), pad_mask=pad)
+    if y.dim() == 3:  # a dense label as fine as the image or finer
+        r = y.shape[-1] // w
+        y = torch.stack([y[i, t * r:(t + size) * r, c * r:(c + size) * r] for i, (t, c) in enumerate(offs)])
+    return logits, y

@@ -7,7 +7,11 @@ Every MLflow call of the jobs goes through here, except the pyfunc class MLflow 
   run (tag ``anysat.run_key`` = ``<storage_path>/<name>``) or creates it, and logs params (flattened
   config without secrets + store versions + git commit) and the config YAML. Creating the run in the
   driver means a worker that dies before its first checkpoint does not leave an orphan run behind,
-  and a resubmitted run name lands in the same MLflow run;
+  and a resubmitted run name lands in the same MLflow run. While the job runs the driver refreshes
+  the run's heartbeat tag (:class:`Heartbeat`); a run left RUNNING whose heartbeat stopped (its
+  driver was killed, possibly before the first checkpoint) is closed as FAILED by the next
+  submission of the same run name, which then continues it (same run id); a run whose heartbeat is
+  fresh belongs to a live driver, and a second submission of its name is refused;
 * rank 0 of the worker group logs metrics, preview plots and the final model through
   :class:`Tracker`; every other rank gets a no-op tracker.
 
@@ -21,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,25 +42,25 @@ from mlflow.store.artifact.utils.models import get_model_name_and_version
 from pydantic import BaseModel
 
 from ray_jobs._mlflow_model import AnySatEncoderModel
-from ray_jobs.config import TrainConfig
+from ray_jobs.config import ConfigError, TrainConfig
+from ray_jobs.credentials import is_secret, redact
 
-__all__ = ["Tracker", "open_run", "reopen_run", "download_model", "git_commit", "safe_params", "flatten",
-           "is_secret", "RUN_KEY_TAG", "artifact_location"]
+__all__ = ["Tracker", "Heartbeat", "open_run", "reopen_run", "download_model", "git_commit", "safe_params",
+           "flatten", "is_secret", "RUN_KEY_TAG", "HEARTBEAT_TAG", "artifact_location"]
 
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "anysat.run_key"
-SECRET_MARKERS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
+HEARTBEAT_TAG = "anysat.driver_heartbeat"
+"""Unix time of the driver's last sign of life, refreshed every :data:`HEARTBEAT_S` s while a job runs."""
+HEARTBEAT_S = 30.0
+STALE_S = 120.0
+"""A RUNNING run whose heartbeat is older than this has no live driver (an orphan)."""
 _MAX_PARAM_LEN = 6000  # MLflow's param value limit is 6000 characters
 
 
 def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
-
-
-def is_secret(name: str) -> bool:
-    n = name.lower()
-    return any(m in n for m in SECRET_MARKERS)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -93,19 +97,14 @@ def git_commit(path: str | os.PathLike | None = None) -> str:
     return "unknown"
 
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-
-
 def safe_params(params: dict[str, Any]) -> dict[str, str]:
     """Drop anything that looks like a credential (by key), redact ``user:password@`` in URLs and
-    stringify for MLflow."""
+    known secret values, and stringify for MLflow."""
     out = {}
     for k, v in params.items():
         if is_secret(k):
             continue
-        s = "" if v is None else str(v)
-        s = _URL_USERINFO.sub(r"\g<scheme>***@", s)
-        out[k] = s[:_MAX_PARAM_LEN]
+        out[k] = redact("" if v is None else v)[:_MAX_PARAM_LEN]
     return out
 
 
@@ -118,26 +117,50 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     return None
 
 
+def _close_orphan(client: MlflowClient, run, run_key: str) -> None:
+    """``run`` is RUNNING: refuse when its driver is alive (fresh heartbeat), else close it as FAILED."""
+    try:
+        age = time.time() - float(run.data.tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):  # a run of an older version, or a garbled tag: no live owner known
+        age = None
+    if age is not None and age < STALE_S:
+        raise ConfigError(f"MLflow run {run.info.run_id} of {run_key} is running (its driver's last heartbeat was "
+                          f"{max(age, 0):.0f} s ago); wait for it to end or stop it (it counts as gone "
+                          f"{STALE_S:.0f} s after its last heartbeat), or use another name")
+    client.set_terminated(run.info.run_id, status="FAILED")
+    client.set_tag(run.info.run_id, "anysat.orphan_closed_at", f"{time.time():.0f}")
+    log.warning("MLflow run %s of %s was left RUNNING by a driver that is gone (%s); closed it as FAILED, "
+                "this submission continues it", run.info.run_id, run_key,
+                f"last heartbeat {age:.0f} s ago" if age is not None else "no heartbeat")
+
+
 def open_run(cfg: TrainConfig, extra_params: dict[str, Any] | None = None, resume: bool = True) -> str:
-    """Find (when ``resume``: the Ray run has checkpoints to resume from) or create the MLflow run of
-    this Ray run; a new run gets the params and the config. Returns the run id."""
+    """Find or create the MLflow run of this Ray run; returns its run id. The latest run of the same
+    run key is continued when ``resume`` (the Ray run has checkpoints to resume from) or when it was
+    left RUNNING by a driver that is gone (an orphan, closed as FAILED first); a RUNNING run with a
+    live driver is a ConfigError. A new run gets the params and the config."""
     uri = cfg.mlflow.tracking_uri
     client = _client(uri)
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(
         cfg.mlflow.experiment, artifact_location=artifact_location(uri, cfg.mlflow.experiment))
     run_key = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
-    # Without checkpoints training restarts at step 0, so an old run of the same key must not be
-    # reused (its history would make the new steps look like duplicates).
     found = client.search_runs([exp_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'",
-                               order_by=["attributes.start_time DESC"], max_results=1) if resume else []
-    if found:
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    orphan = bool(found) and found[0].info.status == "RUNNING"
+    if orphan:
+        _close_orphan(client, found[0], run_key)
+    # Without checkpoints training restarts at step 0, so an old finished run of the same key is not
+    # reused (its history would make the new steps look like duplicates); an orphan is: the steps it
+    # logged are re-run deterministically, and its tracker drops them instead of logging them twice.
+    if found and (resume or orphan):
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
         log.info("resuming MLflow run %s (%s)", run_id, run_key)
         return run_id
-    run = client.create_run(exp_id, run_name=cfg.name, tags={RUN_KEY_TAG: run_key,
-                                                                "mlflow.source.name": "ray_jobs"})
+    run = client.create_run(exp_id, run_name=cfg.name, tags={RUN_KEY_TAG: run_key, "mlflow.source.name": "ray_jobs",
+                                                                HEARTBEAT_TAG: f"{time.time():.3f}"})
     run_id = run.info.run_id
     params = {**flatten(cfg), **(extra_params or {})}
     params["git_commit"] = params.get("git_commit") or git_commit()
@@ -147,20 +170,53 @@ def open_run(cfg: TrainConfig, extra_params: dict[str, Any] | None = None, resum
     cfg_dump = cfg.model_dump(mode="json")
     _strip_secrets(cfg_dump)
     client.log_text(run_id, yaml.safe_dump(cfg_dump, sort_keys=False), "config.yaml")
-    log.info("MLflow run %s at %s", run_id, uri)
+    log.info("MLflow run %s at %s", run_id, redact(uri))
     return run_id
 
 
 def _strip_secrets(d: Any) -> None:
-    if isinstance(d, dict):
-        for k in list(d):
-            if is_secret(str(k)):
-                d[k] = "***"
-            else:
-                _strip_secrets(d[k])
-    elif isinstance(d, list):
-        for x in d:
-            _strip_secrets(x)
+    """In place: values under secret-looking keys -> ``***``, credentials in strings redacted."""
+    items = d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else ()
+    for k, v in list(items):
+        if isinstance(k, str) and is_secret(k):
+            d[k] = "***"
+        elif isinstance(v, str):
+            d[k] = redact(v)
+        else:
+            _strip_secrets(v)
+
+
+class Heartbeat:
+    """Context manager of the driver: sets the run's :data:`HEARTBEAT_TAG` now and every ``interval``
+    seconds from a daemon thread until exit (a failed update is logged, never raised). No-op without
+    a run id."""
+
+    def __init__(self, uri: str | None, run_id: str | None, interval: float = HEARTBEAT_S):
+        self.uri, self.run_id, self.interval = uri, run_id, interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        try:
+            _client(self.uri).set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
+        except Exception as e:  # the tracking server may be briefly unreachable
+            log.warning("MLflow heartbeat of run %s failed: %s", self.run_id, redact(e))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.beat()
+
+    def __enter__(self) -> "Heartbeat":
+        if self.uri and self.run_id:
+            self.beat()
+            self._thread = threading.Thread(target=self._loop, name="mlflow-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
 
 class Tracker:

@@ -86,6 +86,9 @@ class AnySat(nn.Module):
             get_sensor(key)  # ValueError for unknown sensors
         self.embed_dim, self.depth, self.num_heads, self.attention = embed_dim, depth, num_heads, attention
         self._sensors = keys
+        self.new_sensors: tuple[str, ...] = tuple(keys)
+        """Sensors whose projector is freshly initialised, not loaded (all of them until weights are
+        loaded; :meth:`from_official` sets the ones its state dict lacks)."""
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         for key in sorted(keys):  # sorted = the official registration / state-dict order
@@ -114,7 +117,8 @@ class AnySat(nn.Module):
         return cls(dim, depth, heads, sensors=sensors, attention=attention)
 
     @classmethod
-    def from_official(cls, state_dict_or_path, attention: str = "tokens", prefix: str | None = None) -> "AnySat":
+    def from_official(cls, state_dict_or_path, attention: str = "tokens", prefix: str | None = None,
+                      sensors: Iterable[str] | None = None) -> "AnySat":
         """Build the model that exactly fits an official state dict and load it (strict).
 
         ``state_dict_or_path``: a state dict, or a path to a file holding a bare state dict or a dict
@@ -126,6 +130,12 @@ class AnySat(nn.Module):
         ``attention``: "tokens" = the official ``flash_attn=False`` computation (what the hub runs on
         CPU); "flash-heads" = what the official ``flash_attn=True`` path computes on GPU (softmax over
         heads, see ``docs/model.md``), the mode the released weights were most likely trained with.
+
+        ``sensors``: build projectors for exactly these sensors instead of the file's. Projector weights
+        of other sensors are dropped; a sensor the state dict has no projector for gets a new one,
+        initialised as the official code initialises a projector (LTAE master queries and key weights
+        N(0, 0.5), everything else PyTorch's default), listed in :attr:`new_sensors`. Everything else
+        still loads strictly (missing or unexpected non-projector keys are errors).
         """
         sd = _load_state_dict(state_dict_or_path)
         sd = _select_prefix(sd, prefix)
@@ -136,9 +146,23 @@ class AnySat(nn.Module):
         if depth == 0 or rpe_key not in sd:
             raise ValueError("state dict has no spatial_encoder.predictor_blocks.*: not an AnySat encoder")
         head_dim = sd[rpe_key].shape[1]
-        sensors = sorted({k.split(".")[0][len("projector_"):] for k in sd if k.startswith("projector_")})
-        model = cls(dim, depth, dim // head_dim, sensors=sensors, attention=attention)
-        model.load_state_dict(sd, strict=True)
+        have = sorted({_projector_of(k) for k in sd if k.startswith("projector_")})
+        keys = have if sensors is None else list(sensors)
+        # float32 copies (never aliases of the caller's tensors), assigned to a model built on the meta
+        # device: nothing is initialised only to be overwritten (seconds for the base model)
+        sd = {k: v.to(torch.float32, copy=True) if v.is_floating_point() else v.clone() for k, v in sd.items()
+              if not k.startswith("projector_") or _projector_of(k) in keys}
+        with torch.device("meta"):
+            model = cls(dim, depth, dim // head_dim, sensors=keys, attention=attention)
+        new = tuple(k for k in keys if k not in have)
+        missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
+        expected = {k for k in missing if k.startswith("projector_") and _projector_of(k) in new}
+        if unexpected or set(missing) != expected:
+            raise RuntimeError(f"state dict does not fit the AnySat encoder: missing {sorted(set(missing) - expected)}, "
+                               f"unexpected {sorted(unexpected)}")
+        for k in new:  # a new projector, initialised by its constructor as the official code does
+            model.add_module(f"projector_{k}", build_projector(get_sensor(k), dim))
+        model.new_sensors = new
         return model.eval()
 
     # ------------------------------------------------------------------ small helpers
@@ -400,6 +424,11 @@ def _check_series(key: str, x: Tensor, inputs: Mapping, pad_mask: Mapping | None
         pm = pad_mask[key]
         if not isinstance(pm, Tensor) or tuple(pm.shape) != (B, T):
             raise ValueError(f"pad_mask[{key!r}]: expected a bool tensor of shape {(B, T)}")
+
+
+def _projector_of(key: str) -> str:
+    """``projector_<sensor>.…`` -> ``<sensor>``."""
+    return key.split(".")[0][len("projector_"):]
 
 
 def _load_state_dict(obj) -> dict[str, Tensor]:

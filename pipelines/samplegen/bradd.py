@@ -41,8 +41,8 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
         # a cleared blob (new) and a smaller old clearing inside it, so both masks and their difference occur
         cy, cx, r = rng.integers(10, 38), rng.integers(10, 38), rng.integers(5, 14)
         new = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.int64)
-        if i % 3 == 2:
-            new[:] = 0  # a "forest" sample: nothing changes
+        if i % 4 == 2:
+            new[:] = 0  # a "forest" sample: nothing changes (every fourth, so every split mixes both kinds)
         old = (new.astype(bool) & (yy < cy - r // 2)).astype(np.int64)
         vv = -7.0 + rng.normal(0, 0.8, (t, SIZE, SIZE))
         vh = -13.0 + rng.normal(0, 0.8, (t, SIZE, SIZE))

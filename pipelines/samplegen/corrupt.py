@@ -47,6 +47,46 @@ def npz_replace(path: str, array: np.ndarray) -> str:
     return path
 
 
+def npz_array(path: str) -> np.ndarray:
+    """``arr_0`` of an ``.npz`` (to derive a damaged version of it)."""
+    with np.load(path) as z:
+        return z["arr_0"]
+
+
+def npz_scale(path: str, factor: int | float) -> str:
+    """Multiply ``arr_0`` (e.g. millisecond timestamps -> nanoseconds with 1e6, -> seconds with 1e-3),
+    keeping integer arrays integer."""
+    a = npz_array(path)
+    scaled = a * factor if a.dtype.kind == "f" or float(factor).is_integer() else np.floor_divide(a, round(1 / factor))
+    np.savez(path, scaled.astype(a.dtype))
+    return path
+
+
+def npz_fill(path: str, value) -> str:
+    """Set every value of ``arr_0`` to ``value``, same shape and dtype (all-NaN / all-inf sensor data, or
+    one timestamp repeated)."""
+    a = npz_array(path)
+    np.savez(path, np.full_like(a, value))
+    return path
+
+
+def npz_set(path: str, index, value) -> str:
+    """Set ``arr_0[index] = value`` (one implausible timestamp in a series)."""
+    a = npz_array(path).copy()
+    a[index] = value
+    np.savez(path, a)
+    return path
+
+
+def npz_repeat_time(path: str, t: int) -> str:
+    """Stretch the first axis of ``arr_0`` to length ``t`` by repeating it (an absurdly long series); apply
+    it to a sensor's data, mask and timestamp files alike."""
+    a = npz_array(path)
+    reps = -(-t // max(1, a.shape[0]))
+    np.savez(path, np.concatenate([a] * reps, axis=0)[:t])
+    return path
+
+
 def json_set(path: str, key: str, value) -> str:
     """Set one key of a JSON object file (e.g. a label out of range in PLANTED ``labels2.json``)."""
     with open(path) as f:

@@ -4,7 +4,8 @@ pairs with the exact name pattern, plus the same two folders packed as ``hls_bur
 Images are float32 (6, 512, 512) decimal reflectance in UTM at 30 m (values on the 1e-4 grid of HLS's
 scaled integers), DEFLATE-tiled, nodata tag -9999, with a rectangular -9999 block, a 9999 block and a
 few NaN. Masks are int16 in {-1, 0, 1}; one scene is entirely 0. Planted signal: burnt pixels have low
-NIR (B8A) and high SWIR2 (B12).
+NIR (B8A) and high SWIR2 (B12); a scene's first scar lies near its centre (the real chips are cut around
+burn scars), further ones anywhere.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0, tarball: bo
         scene = _scene(i)
         burn = np.zeros((SIZE, SIZE), np.int16)
         if i != 1:  # scene 1: no burn scar at all (an all-zero mask)
-            for _ in range(int(rng.integers(1, 4))):
-                cy, cx = rng.integers(60, SIZE - 60, 2)
+            for k in range(int(rng.integers(1, 4))):
+                # the first scar near the centre, as the real chips are cut around burn scars; the others anywhere
+                cy, cx = rng.integers(196, SIZE - 196, 2) if k == 0 else rng.integers(60, SIZE - 60, 2)
                 ry, rx = rng.integers(20, 90, 2)
                 burn[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = 1
         # smooth field + small noise, quantised to 1e-4 like HLS's scaled integers

@@ -3,7 +3,8 @@ and ``label`` in the real shapes and dtypes (channel-last float64, one-hot float
 
 ``training.h5`` is written gzip-compressed with (1, 32, 32, C) chunks and the others contiguous, so a
 reader cannot depend on the storage layout. Planted signal: the LCZ class shifts S2 NIR (B8, B8A) and the
-Lee-filtered VV intensity.
+Lee-filtered VV intensity, and adds its own spectral signature to S2 (+0.04 reflectance on a fixed subset
+of the 10 bands per class, ``CLASS_CODES``), so the 17 classes are far apart, not 17 steps of one ramp.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import h5py
 import numpy as np
 
 SIZE = 32
+# per LCZ class, the S2 bands its signature raises (a separate generator: the archive's random stream is
+# the same as without it)
+CLASS_CODES = np.random.default_rng(17).random((17, 10)) < 0.4
 
 
 def _counts(n: int) -> tuple[int, int, int]:
@@ -36,6 +40,7 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
         base = np.array([0.09, 0.08, 0.07, 0.11, 0.17, 0.19, 0.21, 0.22, 0.16, 0.11])
         sen2 = base[None, None, None] * (1 + 0.1 * rng.standard_normal((m, SIZE, SIZE, 10)))
         sen2[..., 6:8] += 0.02 * cls[:, None, None, None]   # NIR rises with the class index
+        sen2 += 0.04 * CLASS_CODES[cls][:, None, None, :]    # and each class has its own signature
         sen2 = np.clip(sen2, 0, 0.6)
         sen1 = rng.normal(0, 0.05, (m, SIZE, SIZE, 8))
         sen1[..., 4:6] = rng.uniform(0.0, 0.1, (m, SIZE, SIZE, 2))

@@ -9,6 +9,11 @@ the original single-date ``s1/60m`` and ``s2/60m`` tifs that only AnySat's ``*-m
 ``layout="anysat"`` writes AnySat's re-packaged copy instead: ``sentinel/{stem}.h5`` without the year,
 every mask array with 10 channels, and the derived ``s1-asc|s1-des/{stem}.pth`` tensors. That layout
 exists only in AnySat's distribution; the reader handles both.
+
+Planted, learnable signal: the dominant genus shifts NIR (S2 B08, B8A and the aerial IR band), and every
+genus of a patch adds its own spectral signature to the S2 series (a fixed 0/1 pattern over the 10
+bands, ``GENUS_CODES``), scaled by its area fraction, so each label of the multi-hot target (fraction
+> 0.07), not only the dominant one, can be read off the pixels.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ _SPECIES = {"Abies": "alba", "Acer": "pseudoplatanus", "Alnus": "spec.", "Betula
 T_S2, T_ASC, T_DES = (1, 5, 9), (1, 4, 7), (3, 6)
 AERIAL = 304
 PIX = 6
+# per genus, the S2 bands (of B2..B12) its presence raises, by SIGNATURE x its area fraction; a separate
+# generator, so the archive's own random stream is the same as without the signature
+GENUS_CODES = np.random.default_rng(20240511).random((len(TREESAT_CLASSES), 10)) < 0.4
+SIGNATURE = 900.0
 # ETRS89 / UTM 32N as GeoKeys: model type projected, raster pixel-is-area, EPSG 25832, metres
 _GEOKEYS = (1, 1, 0, 4, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 25832, 3076, 0, 1, 9001)
 
@@ -145,6 +154,8 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0, layout: str
         refl = np.array([400, 700, 500, 1100, 2300, 2700, 2900, 3000, 1700, 900], np.float64)
         s2 = refl[None, :, None, None] + rng.normal(0, 80, (t_s, 10, PIX, PIX))
         s2[:, 6:8] += nir_shift
+        for genus, fraction in lab:
+            s2 += SIGNATURE * fraction * GENUS_CODES[TREESAT_CLASSES.index(genus)][None, :, None, None]
         s2 = np.clip(np.rint(s2), 1, 15000).astype(np.float32)
         masks = np.zeros((t_s, 2, PIX, PIX), np.float32)
         masks[:, 1] = rng.choice([0, 0, 0, 5, 80], size=(t_s, PIX, PIX))  # some cloudy pixels

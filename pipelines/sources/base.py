@@ -84,6 +84,49 @@ def days_since_epoch(d: _dt.date | _dt.datetime | str) -> int:
     return (d - EPOCH).days
 
 
+#: Ticks per day of the integer timestamp units archives use (counted from 1970-01-01T00:00Z).
+TIMESTAMP_UNITS = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+#: Days 1973-03-03 .. 2100-12-31. Timestamps of dates in this span do not overlap between the units
+#: above (1e8..4.1e9 s, 1e11..4.1e12 ms, ...), so a series inside it has exactly one plausible unit.
+_UNIT_WINDOW = (1_157, 47_846)
+_INT32 = np.iinfo(np.int32)
+
+
+def timestamps_to_days(values: np.ndarray, unit: str, where: str) -> np.ndarray:
+    """Integer timestamps since 1970-01-01T00:00Z in ``unit`` -> ``(T,)`` int32 UTC days.
+
+    The unit is checked, not trusted: a series that is implausible in ``unit`` but plausible (1973-2100)
+    in another one is rejected with a :class:`TileError` naming that unit and a value, and days that
+    do not fit int32 are rejected instead of wrapping (a nanosecond timestamp read as milliseconds is
+    day ~2e10). Dates outside the ingest's plausible range are left to the ingest, which quarantines them.
+    """
+    per_day = TIMESTAMP_UNITS[unit]
+    v = np.asarray(values)
+    if v.dtype.kind == "u" and v.size and v.max() > np.iinfo(np.int64).max:
+        raise TileError(where, f"timestamp {int(v.max())} is beyond any date")
+    v = v.astype(np.int64)
+    days = np.floor_divide(v, per_day)
+    if v.size:
+        lo, hi = _UNIT_WINDOW
+
+        def plausible(u: str) -> bool:
+            d = np.floor_divide(v, TIMESTAMP_UNITS[u])
+            return bool(((d >= lo) & (d <= hi)).all())
+
+        if not plausible(unit):
+            for other in TIMESTAMP_UNITS:
+                if other != unit and plausible(other):
+                    raise TileError(where, f"timestamps look like {_UNIT_NAMES[other]} since 1970-01-01 (e.g. "
+                                           f"{int(v[0])}), expected {_UNIT_NAMES[unit]}")
+        wide = (days < _INT32.min) | (days > _INT32.max)
+        if wide.any():
+            k = int(np.flatnonzero(wide)[0])
+            raise TileError(where, f"timestamp {int(v[k])} ({_UNIT_NAMES[unit]}) is day {int(days[k])}, beyond any "
+                                   "date")
+    return days.astype(np.int32)
+
+
 # -- cheap structural probe (used by the ingest's planning pass) ------------------------------------
 @dataclass
 class SensorProbe:

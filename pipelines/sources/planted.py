@@ -10,7 +10,9 @@
 Data is returned as ``(T, C, H, W)`` in the file's dtype. S1 and ALOS keep their two raw bands (the
 ratio band is derived by the loader, see ``Sensor.derived``); AnySat reads only channels 0-1 of those
 files, so extra channels are dropped the same way. Timestamps become UTC days (AnySat's local-time
-``fromtimestamp`` is a known quirk we do not copy).
+``fromtimestamp`` is a known quirk we do not copy). A timestamp file in another unit (seconds,
+microseconds, nanoseconds: detected from the magnitude) is rejected with a reason naming the unit, never
+wrapped through int32.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ import numpy as np
 
 from anysat.sensors import get_sensor
 from pipelines.datasets import PLANTED_CLASSES
-from pipelines.sources.base import SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef
+from pipelines.sources.base import (SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef,
+                                   timestamps_to_days)
 
 MODALITIES = ("s2", "s1", "l7", "alos", "modis")
 SPLITS = ("train", "val", "test")
-MS_PER_DAY = 86_400_000
 _HEAD = 1024  # bytes read by the probe: zip local header + .npy header of arr_0
 _SHAPE_RE = re.compile(r"'shape':\s*(\([^)]*\))")
 _DESCR_RE = re.compile(r"'descr':\s*'([^']+)'")
@@ -238,7 +240,7 @@ class Planted(Source):
                                       f"time steps in {p_data.rsplit('/', 1)[-1]}")
             if not np.issubdtype(ts.dtype, np.integer):
                 raise TileError(p_ts, f"timestamps have dtype {ts.dtype}, expected integer milliseconds")
-            dates = np.floor_divide(ts.astype(np.int64), MS_PER_DAY).astype(np.int32)
+            dates = timestamps_to_days(ts, "ms", p_ts)
             mask = self._load(p_mask)
             if mask.ndim != 4 or mask.shape[:3] != (t, *data.shape[2:4]) or not (mask.shape[3] == 1 or
                                                                                   mask.shape[3] >= c):

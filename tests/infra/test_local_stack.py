@@ -3,9 +3,12 @@ with free ports, so it never touches a developer's running stack."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +21,30 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "anysat-test"
+# Every port the stack records in state.json, each of which must be listened on, on loopback.
+STACK_PORTS = ("ray", "dashboard", "mlflow", "s3", "ray_client", "dashboard_agent", "dashboard_agent_grpc",
+               "runtime_env_agent", "metrics_export", "dashboard_metrics", "autoscaler_metrics")
+# Listeners of the stack (and of a driver attached to it) on a non-loopback address, as
+# (process command line, first 100 characters; port, None where Ray picks it at random). infra/README.md ("Security
+# defaults") must list exactly these; with Ray 2.60 on Linux there are none.
+EXPECTED_EXTERNAL: set[tuple[str, int | None]] = set()
+
+# A driver started from a shell that sourced the stack's env file: it must join the stack's cluster
+# (not start a local one), report where it landed, then hold an actor (a live worker process, so
+# workers' listeners are checked too) until the test writes a line to its stdin.
+DRIVER = """
+import json, sys, ray
+ray.init()
+@ray.remote
+class Holder:
+    def ping(self):
+        return ray.get_runtime_context().get_node_id()
+h = Holder.remote()
+print(json.dumps({"node_id": ray.get_runtime_context().get_node_id(), "actor_node_id": ray.get(h.ping.remote()),
+                  "gcs_address": ray.get_runtime_context().gcs_address, "resources": ray.cluster_resources()}))
+print("READY", flush=True)
+sys.stdin.readline()
+"""
 
 
 def _stack_env() -> dict[str, str]:
@@ -78,8 +105,42 @@ def _alive(p: psutil.Process) -> bool:
         return False
 
 
+def _sourced(state_dir: Path, argv: list[str]) -> list[str]:
+    """``argv`` run by bash after ``source <state_dir>/env``, exactly as a user's shell would."""
+    return ["bash", "-c", f"source {shlex.quote(str(state_dir / 'env'))} && exec {shlex.join(argv)}"]
+
+
+def _is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # a dual-stack socket bound to ::ffff:127.0.0.1
+    return addr.is_loopback
+
+
+def _label(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())[:100] or p.name()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return f"<pid {p.pid}, gone>"
+
+
+def _listeners(procs: list[psutil.Process]) -> list[tuple[str, str, int]]:
+    """(process, ip, port) of every listening TCP socket and bound UDP socket of ``procs``."""
+    out = set()
+    for p in procs:
+        try:
+            name = _label(p)
+            conns = p.net_connections(kind="inet")
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        for c in conns:
+            if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM and not c.raddr):
+                out.add((name, c.laddr.ip, c.laddr.port))
+    return sorted(out)
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_stack_up_use_down(tmp_path):
     t0 = time.monotonic()
     state_dir = tmp_path / "stack"
@@ -88,13 +149,19 @@ def test_stack_up_use_down(tmp_path):
     family: list[psutil.Process] = []
     try:
         env = _parse_exports(up.stdout)
+        state = json.loads((state_dir / "state.json").read_text())
+        ports = state["ports"]
         assert env["RAY_AUTH_MODE"] == "token"
-        assert env["RAY_ADDRESS"].startswith("http://127.0.0.1:")
+        # drivers get the GCS address (ray.init rejects an http:// one), the jobs CLI the dashboard
+        assert env["RAY_ADDRESS"] == f"127.0.0.1:{ports['ray']}"
+        assert env["RAY_API_SERVER_ADDRESS"] == f"http://127.0.0.1:{ports['dashboard']}"
+        assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
         assert env["MLFLOW_TRACKING_URI"].startswith("http://127.0.0.1:")
         assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
-        assert _parse_exports((state_dir / "env").read_text()) == env
+        env_file = (state_dir / "env").read_text()
+        assert _parse_exports(env_file) == env
+        assert "\nunset RAY_AUTH_TOKEN\n" in env_file
 
-        state = json.loads((state_dir / "state.json").read_text())
         for name in ("s3", "mlflow", "ray"):
             assert (state_dir / f"{name}.pid").read_text().strip() == str(state["services"][name]["pid"])
             assert (state_dir / "logs" / f"{name}.log").exists()
@@ -125,23 +192,70 @@ def test_stack_up_use_down(tmp_path):
         assert client.get_run(run.info.run_id).data.metrics["loss"] == 0.5
 
         # Ray: the dashboard answers, and only with the token
-        status, _ = _get(env["RAY_ADDRESS"] + "/api/version")
+        status, _ = _get(env["RAY_API_SERVER_ADDRESS"] + "/api/version")
         assert status == 401
         token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
-        status, body = _get(env["RAY_ADDRESS"] + "/api/version", {"Authorization": f"Bearer {token}"})
+        status, body = _get(env["RAY_API_SERVER_ADDRESS"] + "/api/version", {"Authorization": f"Bearer {token}"})
         assert status == 200 and json.loads(body)["ray_version"]
 
-        # a job sees the stack's S3 and MLflow through the head's environment, and `python` on
-        # the head is this interpreter
-        job_env = {**_stack_env(), **env}
-        probe = ("import os, sys, boto3; "
+        # Everything below runs the way a user does it: `source .stack/env`, then the command, from
+        # a shell still holding the old HTTP RAY_ADDRESS and another cluster's token, which the
+        # env file must override / unset.
+        shell_env = {**_stack_env(), "RAY_ADDRESS": env["RAY_API_SERVER_ADDRESS"],
+                     "RAY_AUTH_TOKEN": "token-of-some-other-cluster"}
+
+        # (a) a plain driver joins the stack's cluster (1 CPU, 100 MiB object store, its GCS)
+        driver_err = open(tmp_path / "driver.err", "w")
+        driver = subprocess.Popen(_sourced(state_dir, [sys.executable, "-c", DRIVER]), env=shell_env, cwd=tmp_path,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=driver_err, text=True)
+        try:
+            lines = []
+            while not lines or lines[-1] not in ("READY", ""):
+                lines.append(driver.stdout.readline().strip() if driver.stdout else "")
+            assert lines[-1] == "READY", (lines, (tmp_path / "driver.err").read_text()[-3000:])
+            joined = json.loads(next(ln for ln in lines if ln.startswith("{")))
+            assert joined["gcs_address"] == env["RAY_ADDRESS"]
+            assert joined["resources"]["CPU"] == 1.0
+            assert joined["resources"]["object_store_memory"] == 100 * 1024 * 1024
+            assert joined["actor_node_id"] == joined["node_id"]
+
+            # Every listener of the stack's processes (recursively: GCS, raylet, agents, dashboard,
+            # workers incl. the actor's, MLflow's and moto's) and of the attached driver, on
+            # loopback only (issue 12, item 11).
+            procs = []
+            for name in ("s3", "mlflow", "ray"):
+                procs += _family(state["services"][name]["pid"])
+            procs += _family(driver.pid)
+            assert any("ray::Holder" in _label(p) for p in procs), [_label(p) for p in procs]
+            listening = _listeners(procs)
+            external = {(n, port if port in ports.values() else None)
+                        for n, ip, port in listening if not _is_loopback(ip)}
+            assert external == EXPECTED_EXTERNAL, [x for x in listening if not _is_loopback(x[1])]
+            loopback_ports = {port for _, ip, port in listening if _is_loopback(ip)}
+            assert {k: ports[k] for k in STACK_PORTS if ports[k] not in loopback_ports} == {}, listening
+        finally:
+            try:
+                driver.communicate("\n", timeout=60)
+            except subprocess.TimeoutExpired:
+                driver.kill()
+                driver.communicate()
+            driver_err.close()
+        assert driver.returncode == 0, (tmp_path / "driver.err").read_text()[-3000:]
+
+        # (b) `ray job submit` reaches the job server (RAY_API_SERVER_ADDRESS, token auth); the job
+        # runs on the same node, sees the stack's S3 and MLflow through the head's environment, and
+        # `python` on the head is this interpreter
+        probe = ("import os, sys, boto3, ray; ray.init(); "
+                 "print('NODE', ray.get_runtime_context().get_node_id()); "
                  f"print('BODY', boto3.client('s3').get_object(Bucket='{BUCKET}', Key='probe/hello.txt')['Body'].read()); "
                  "print('MLFLOW', os.environ['MLFLOW_TRACKING_URI']); print('PY', sys.executable)")
         job = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--", "python", "-c", probe],
-            env=job_env, capture_output=True, text=True, timeout=120,
+            _sourced(state_dir, [str(Path(sys.executable).parent / "ray"), "job", "submit", "--",
+                                 "python", "-c", probe]),
+            env=shell_env, capture_output=True, text=True, timeout=120,
         )
         assert job.returncode == 0, job.stdout + job.stderr
+        assert f"NODE {joined['node_id']}" in job.stdout
         assert "BODY b'hello'" in job.stdout
         assert f"MLFLOW {env['MLFLOW_TRACKING_URI']}" in job.stdout
 

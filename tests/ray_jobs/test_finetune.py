@@ -120,6 +120,13 @@ def test_ft_planted_from_scratch_above_chance(ray_session, planted_store, tmp_pa
     assert extra["best"]["value"] == pytest.approx(max(
         x.value for x in client.get_metric_history(run.info.run_id, "val/f1_macro")))
 
+    # a newer checkpoint folder whose upload a kill interrupted (truncated state.pt) is not in Ray
+    # Train's record: evaluate takes the latest recorded checkpoint, not the newest folder
+    partial = ck.parent / "checkpoint_9999-12-31_23-59-59.999999"
+    partial.mkdir()
+    blob = (ck / "state.pt").read_bytes()
+    (partial / "state.pt").write_bytes(blob[: len(blob) // 3])
+
     # evaluate CLI: same numbers from the checkpoint alone, logged into the same MLflow run
     rc = evaluate.main(["--config", str(FT_TINY), *sets])
     assert rc == 0

@@ -1,11 +1,14 @@
-"""ray_jobs.tracking without Ray: params filtering, run reuse, duplicate-free metric history."""
+"""ray_jobs.tracking without Ray: params filtering, run reuse, duplicate-free metric history, orphan runs."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 from mlflow import MlflowClient
 
-from ray_jobs.config import load_config, resolve_paths
-from ray_jobs.tracking import RUN_KEY_TAG, Tracker, open_run, safe_params
+from ray_jobs.config import ConfigError, load_config, resolve_paths
+from ray_jobs.tracking import HEARTBEAT_TAG, RUN_KEY_TAG, Heartbeat, Tracker, open_run, safe_params
 from ray_jobs_helpers import TINY
 
 
@@ -34,8 +37,10 @@ def test_open_run_resume_and_guard(tmp_path, monkeypatch):
     # artifacts live beside the database, not in some worker's working directory
     exp = client.get_experiment_by_name("unit")
     assert exp.artifact_location == (tmp_path / "mlartifacts" / "unit").as_uri()
-    # same run key + checkpoints to resume -> same run; no checkpoints -> a fresh run
+    # after the run ended: same run key + checkpoints to resume -> same run; no checkpoints -> a fresh run
+    Tracker(uri, rid).finish("FAILED")
     assert open_run(cfg, resume=True) == rid
+    Tracker(uri, rid).finish("FAILED")
     assert open_run(cfg, resume=False) != rid
 
     t = Tracker(uri, rid)
@@ -48,3 +53,36 @@ def test_open_run_resume_and_guard(tmp_path, monkeypatch):
     t2.log_metrics({"train/loss": 1.5}, 6)
     assert [(m.step, m.value) for m in client.get_metric_history(rid, "train/loss")] == [(2, 3.0), (4, 2.0), (6, 1.5)]
     assert not Tracker(uri, rid, enabled=False).enabled  # non-zero ranks
+
+
+def test_orphan_running_run_is_closed_and_continued(tmp_path, monkeypatch):
+    """A driver killed before the first checkpoint leaves its run RUNNING; the next submission of the
+    same name closes it as FAILED and continues it (same run id, metric history kept), but does not
+    take a run from a driver that is alive."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = resolve_paths(load_config(TINY, ["mlflow.experiment=orphans"]), base=tmp_path)
+    uri = cfg.mlflow.tracking_uri
+    client = MlflowClient(uri)
+    rid = open_run(cfg, resume=False)  # first submission: no checkpoint to resume from
+    Tracker(uri, rid).log_metrics({"train/loss": 3.0}, 10)  # logged before the kill
+    with pytest.raises(ConfigError, match=f"MLflow run {rid} of .* is running"):
+        open_run(cfg, resume=False)  # its driver's heartbeat is fresh: a live run is not taken over
+    with Heartbeat(uri, rid, interval=0.2):
+        before = float(client.get_run(rid).data.tags[HEARTBEAT_TAG])
+        time.sleep(1.0)
+    assert float(client.get_run(rid).data.tags[HEARTBEAT_TAG]) > before  # the driver's heartbeat moves
+
+    client.set_tag(rid, HEARTBEAT_TAG, f"{time.time() - 3600:.3f}")  # the driver was SIGKILLed an hour ago
+    assert open_run(cfg, resume=False) == rid
+    exp = client.get_experiment_by_name("orphans")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "RUNNING" and "anysat.orphan_closed_at" in run.data.tags
+    assert time.time() - float(run.data.tags[HEARTBEAT_TAG]) < 60  # now owned by the new driver
+    assert Tracker(uri, rid).resume_guard() == 10  # its history continues, without duplicates
+
+    # a RUNNING run without any heartbeat (an older version's orphan) is continued the same way
+    client.delete_tag(rid, HEARTBEAT_TAG)
+    assert open_run(cfg, resume=False) == rid
+    # a run that ended is not reused without checkpoints (a deliberate restart from step 0)
+    Tracker(uri, rid).finish("FINISHED")
+    assert open_run(cfg, resume=False) != rid

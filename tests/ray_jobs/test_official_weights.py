@@ -86,7 +86,7 @@ def test_task_model_from_released_weights(config, released_like):
 
 
 def test_the_catalogue_holds_the_papers_16_experiments():
-    """Model spec §4.5 experiments our datasets cover: 16 configs besides the CPU demo ones (``-tiny``),
+    """The paper's downstream experiments our datasets cover: 16 configs besides the CPU demo ones (``-tiny``),
     each built above; LP+ exactly where the paper runs it (HLS Burn Scars)."""
     paper = [c for c in CONFIGS if not c.stem.endswith("-tiny")]
     assert len(paper) == 16, [c.stem for c in paper]

@@ -94,7 +94,7 @@ def build_task_model(encoder: AnySat, task: ResolvedTask, freeze: bool, train_ne
     head = (DenseSegmenter(encoder.embed_dim, k, task.proj_size) if task.head == "dense"
             else TileClassifier(encoder.embed_dim, k))
     new = [s for s in encoder.new_sensors if s in encoder.sensors]
-    if freeze and new and not train_new:
+    if freeze and new and not train_new and len(new) < len(encoder.sensors):  # (all new: from scratch)
         log.warning("linear probing with new, untrained projectors for %s (frozen at their random init); "
                     "mode lpplus trains them", new)
     if freeze and train_new and not new:

@@ -158,8 +158,8 @@ class AnySat(nn.Module):
         missing, unexpected = model.load_state_dict(sd, strict=False, assign=True)
         expected = {k for k in missing if k.startswith("projector_") and _projector_of(k) in new}
         if unexpected or set(missing) != expected:
-            raise RuntimeError(f"state dict does not fit the AnySat encoder: missing {sorted(set(missing) - expected)}, "
-                               f"unexpected {sorted(unexpected)}")
+            raise RuntimeError(f"state dict does not fit the AnySat encoder: missing "
+                               f"{sorted(set(missing) - expected)}, unexpected {sorted(unexpected)}")
         for k in new:  # a new projector, initialised by its constructor as the official code does
             model.add_module(f"projector_{k}", build_projector(get_sensor(k), dim))
         model.new_sensors = new

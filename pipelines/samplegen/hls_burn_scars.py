@@ -44,7 +44,7 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0, tarball: bo
         if i != 1:  # scene 1: no burn scar at all (an all-zero mask)
             for k in range(int(rng.integers(1, 4))):
                 # the first scar near the centre, as the real chips are cut around burn scars; the others anywhere
-                cy, cx = rng.integers(196, SIZE - 196, 2) if k == 0 else rng.integers(60, SIZE - 60, 2)
+                cy, cx = rng.integers(160, SIZE - 160, 2) if k == 0 else rng.integers(60, SIZE - 60, 2)
                 ry, rx = rng.integers(20, 90, 2)
                 burn[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = 1
         # smooth field + small noise, quantised to 1e-4 like HLS's scaled integers

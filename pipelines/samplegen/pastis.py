@@ -2,7 +2,9 @@
 
 ``metadata.geojson`` is written with plain ``json`` so it keeps the old-style ``crs`` member and the
 nested ``dates-*`` objects exactly as the real file does. Parcels are 16-px blocks; each parcel's class
-fixes its NDVI peak date in S2 and S1, and its colour in SPOT (the planted, learnable signal).
+fixes its NDVI peak date in S2 and S1, its colour in SPOT and an S2 soil signature (x 1.3 on a fixed
+subset of the bands per class, ``CLASS_CODES``, on every date: a few dates rarely catch a class's NDVI
+peak, so the phenology alone is hardly learnable from a sample) -- the planted, learnable signal.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ S2_T, S1_T = (3, 5, 6, 4, 7), (4, 5, 6, 7, 8)
 # reflectance x 1e4 of a bare parcel, B2..B12
 _BASE = np.array([600, 850, 1000, 1300, 1700, 1900, 2100, 2200, 2300, 1600], np.float64)
 _DAY0 = (np.datetime64("2018-09-01") - np.datetime64("1970-01-01")).astype(int)
+# per semantic class (20), the S2 bands its signature raises; a separate generator, so the archive's own
+# random stream is the same as without it
+CLASS_CODES = np.random.default_rng(20).random((20, 10)) < 0.4
 
 
 def _ids(n: int) -> list[tuple[int, int]]:
@@ -86,6 +91,7 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
         s2 = _BASE[None, :, None, None] * (1 + 0.05 * rng.standard_normal((t2, 10, SIZE, SIZE)))
         s2[:, 2] *= (1.2 - nd)           # red falls with NDVI
         s2[:, 6:8] *= (0.8 + 1.6 * nd[:, None])  # NIR (B8, B8A) rises with it
+        s2 *= np.where(CLASS_CODES[cls], 1.3, 1.0).transpose(2, 0, 1)[None]  # the class's soil signature
         s2 = np.clip(np.rint(s2), 0, 6000).astype(np.int16)
         s2[0, :, :5, :7] = -10000        # THEIA fill value on a corner of the first date
         np.save(os.path.join(root, "DATA_S2", f"S2_{pid}.npy"), s2)

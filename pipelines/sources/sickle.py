@@ -26,8 +26,12 @@ set (both AnySat's and the authors' rule); ``masks_10m`` = the 6 mask bands as s
 mask file (withheld test labels) has no labels. Split = the ``SPLIT`` column; as SICKLE withholds the
 test labels, AnySat evaluates on ``val`` (its test split is our ``val``).
 
-AnySat feeds Landsat-8 to the ``l8`` projector in 11 slots ``[pad, SR_B1..SR_B7, pad, ST_B10, pad]``
-(pads masked); that arrangement is a loader choice, so the store keeps ``l8-sr`` as the archive has it.
+AnySat feeds Landsat-8 to the official ``l8`` projector (bands B8 pan, B1..B7, B9, B10, B11) in 11 slots
+``[pad, SR_B1..SR_B7, pad, ST_B10, pad]``: slots 1-7 (B1..B7) <- SR_B1..SR_B7, slot 9 (B10) <- ST_B10,
+slots 0 (B8), 8 (B9) and 10 (B11) zero and masked invalid. That arrangement is a loader choice, so the
+store keeps ``l8-sr`` as the archive has it and the loader assembles ``l8`` from it (the rule is the
+``SlotSource`` of ``l8`` in ``anysat/sensors.py``, applied by ``ray_jobs/plan.py``); SICKLE's model
+sensors are ``l8, s2, s1``.
 """
 
 from __future__ import annotations

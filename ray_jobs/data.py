@@ -113,14 +113,15 @@ class ReadRange:
             idx = np.random.default_rng(_seed(self.seed, plan.name, epoch, start)).permutation(idx)
         idx = idx[int(item["offset"])::int(item["stride"])][int(item["skip"]):]
         out: dict[str, np.ndarray] = {"tile": (start + idx).astype(np.int64)}
+        offsets = self._crop_offsets({k: block[f"{plan.sensors[k].stored}/data"].shape[-2:] for k in plan.crop
+                                      if plan.crop[k]}, start + idx, epoch)
         for key, sp in plan.sensors.items():
             data = block[f"{sp.stored}/data"][idx]  # the store group (another sensor's, for a slot layout)
             dates = block[f"{sp.stored}/dates"][idx]
             mask = block[f"{sp.stored}/mask"][idx] if sp.has_mask else None
             real = real_steps(data, dates, mask) if sp.time_series else None  # before a crop hides content
-            crop = plan.crop.get(key)
-            if crop:
-                data, mask = self._crop(data, mask, crop, start + idx, key, epoch)
+            if key in offsets:
+                data, mask = self._crop(data, mask, plan.crop[key], *offsets[key], key)
             if sp.time_series:
                 data, dates, mask, steps = self._subsample(data, dates, mask, real, start + idx, key, epoch)
                 known = dates >= 0
@@ -137,21 +138,41 @@ class ReadRange:
             out["label"] = self._crop_label(y) if y.ndim == 3 and self._crops else y
         return out
 
-    def _crop(self, data, mask, size, tiles, key, epoch):
-        h, w = data.shape[-2:]
-        n = len(data)
+    def _crop_offsets(self, shapes: dict[str, tuple[int, int]], tiles: np.ndarray, epoch: int
+                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(top, left) crop offsets per cropped sensor and tile. One draw per tile on the coarsest cropped
+        grid, scaled to the finer ones, so that several cropped sensors cover the same ground."""
+        if not shapes:
+            return {}
+        base = min(shapes, key=lambda k: shapes[k][0])
+        hb, wb = shapes[base]
+        sb = self.plan.crop[base]
+        ratios = {}
+        for k, (h, w) in shapes.items():
+            r = h // hb
+            if h != r * hb or w != r * wb or self.plan.crop[k] != r * sb:
+                raise ValueError(f"{self.plan.name}: crops {self.plan.crop} of images "
+                                 f"{ {k: tuple(v) for k, v in shapes.items()} } cover different ground; "
+                                 "crop sizes must scale with the image sides")
+            ratios[k] = r
         if self.train:
-            ys = [np.random.default_rng(_seed(self.seed, "crop", key, epoch, int(t))).integers(0, h - size + 1, 2)
-                  for t in tiles]
+            ys = np.empty(len(tiles), np.int64)
+            xs = np.empty(len(tiles), np.int64)
+            for i, t in enumerate(tiles):
+                rng = np.random.default_rng(_seed(self.seed, "crop", epoch, int(t)))
+                ys[i], xs[i] = rng.integers(0, hb - sb + 1), rng.integers(0, wb - sb + 1)
         else:  # evaluation: centre crop, deterministic
-            ys = [((h - size) // 2, (w - size) // 2)] * n
+            ys = np.full(len(tiles), (hb - sb) // 2, np.int64)
+            xs = np.full(len(tiles), (wb - sb) // 2, np.int64)
+        return {k: (ys * r, xs * r) for k, r in ratios.items()}
+
+    def _crop(self, data, mask, size, ys, xs, key):
+        h, w = data.shape[-2:]
         # offsets (top, left) per tile, kept so a dense label is cropped at exactly the same place
-        self._crops[key] = (h, w, size, np.array([int(y) for y, _ in ys], np.int64),
-                            np.array([min(int(x), w - size) for _, x in ys], np.int64))
+        self._crops[key] = (h, w, size, ys, xs)
         out = np.empty(data.shape[:-2] + (size, size), data.dtype)
         mout = None if mask is None else np.empty(mask.shape[:-2] + (size, size), mask.dtype)
-        for i, (y, x) in enumerate(ys):
-            x = min(int(x), w - size)
+        for i, (y, x) in enumerate(zip(ys, xs)):
             out[i] = data[i, ..., y:y + size, x:x + size]
             if mout is not None:
                 mout[i] = mask[i, ..., y:y + size, x:x + size]

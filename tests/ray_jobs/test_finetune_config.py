@@ -86,18 +86,23 @@ def test_overrides_and_errors():
         resolve_task(_load(path, ["task.loss=bce"]))
 
 
+def _crop_plan(crop):
+    from ray_jobs.plan import DataPlan
+
+    return DataPlan(name="flair", url="", storage_options={}, sensors={}, split="train", val_split=None,
+                    split_aliases={"train": ("train",)}, split_counts={}, batch_size=2, weight=1.0,
+                    patch_sizes_m=(10,), tile_m=100.0, crop=crop, temporal_dropout=None, date_origin=None,
+                    n_tiles=0, tiles_per_shard=1, provenance={})
+
+
 def test_label_crop_follows_image_crop():
     """Dense labels are cropped at the offsets the parent reader used for the image (train: random)."""
     from ray_jobs.data import ReadRange
-    from ray_jobs.plan import DataPlan
 
-    plan = DataPlan(name="flair", url="", storage_options={}, sensors={}, split="train", val_split=None,
-                    split_aliases={"train": ("train",)}, split_counts={}, batch_size=2, weight=1.0,
-                    patch_sizes_m=(10,), tile_m=100.0, crop={}, temporal_dropout=None, date_origin=None,
-                    n_tiles=0, tiles_per_shard=1, provenance={})
-    rr = ReadRange(plan, "train", True, 0, label="semantic")
+    rr = ReadRange(_crop_plan({"aerial-flair": 5}), "train", True, 0, label="semantic")
     img = np.arange(2 * 1 * 1 * 8 * 8).reshape(2, 1, 1, 8, 8)
-    cropped, _ = rr._crop(img, None, 5, np.array([3, 9]), "aerial-flair", 0)
+    offsets = rr._crop_offsets({"aerial-flair": (8, 8)}, np.array([3, 9]), 0)
+    cropped, _ = rr._crop(img, None, 5, *offsets["aerial-flair"], "aerial-flair")
     # the label holds the same numbers as the image's only band: its crop must equal the image crop
     lab = rr._crop_label(img[:, 0, 0])
     np.testing.assert_array_equal(lab, cropped[:, 0, 0])
@@ -106,6 +111,27 @@ def test_label_crop_follows_image_crop():
     np.testing.assert_array_equal(rr._crop_label(fine)[:, ::2, ::2], cropped[:, 0, 0])
     with pytest.raises(ValueError, match="matches none"):
         rr._crop_label(np.zeros((2, 7, 7)))
+
+
+def test_multi_sensor_crops_cover_the_same_ground():
+    """Two cropped sensors get one draw per tile: equal grids share offsets, a grid twice as fine gets
+    twice the offsets; crops that cannot cover the same ground are refused."""
+    from ray_jobs.data import ReadRange
+
+    tiles = np.arange(50)
+    rr = ReadRange(_crop_plan({"s2": 8, "s1": 8, "spot": 16}), "train", True, 0)
+    off = rr._crop_offsets({"s2": (12, 12), "s1": (12, 12), "spot": (24, 24)}, tiles, 3)
+    np.testing.assert_array_equal(off["s2"][0], off["s1"][0])
+    np.testing.assert_array_equal(off["s2"][1], off["s1"][1])
+    np.testing.assert_array_equal(off["spot"][0], 2 * off["s2"][0])
+    np.testing.assert_array_equal(off["spot"][1], 2 * off["s2"][1])
+    assert len(set(off["s2"][0].tolist())) > 1 and off["s2"][0].max() <= 4  # random, inside the image
+    ev = ReadRange(_crop_plan({"s2": 8, "spot": 16}), "val", False, 0)._crop_offsets(
+        {"s2": (12, 12), "spot": (24, 24)}, tiles[:2], 0)
+    assert ev["s2"][0].tolist() == [2, 2] and ev["spot"][0].tolist() == [4, 4]  # the centre, on both grids
+    with pytest.raises(ValueError, match="cover different ground"):
+        ReadRange(_crop_plan({"s2": 8, "spot": 12}), "train", True, 0)._crop_offsets(
+            {"s2": (12, 12), "spot": (24, 24)}, tiles, 0)
 
 
 def test_heads_per_task_and_lp_freezes():

@@ -52,8 +52,10 @@ mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(MLFLOW_UI_PORT)
 
 # -- data: miniature archives, ingest, ingest benchmark (issue 3) ---------------------------------
+# VARIANT= writes an archive variant users hold (pastis-r, flair-repackaged, ai2, ...);
+# `python -m pipelines.samples --dataset X --out Y --list-variants` lists them.
 sample-data: $(STAMP)
-	$(PY) -m pipelines.samples --dataset $(DATASET) --out $(RAW) $(if $(TILES),--tiles $(TILES))
+	$(PY) -m pipelines.samples --dataset $(DATASET) --out $(RAW) $(if $(TILES),--tiles $(TILES)) $(if $(VARIANT),--variant $(VARIANT))
 
 # Exit status. `python -m pipelines.ingest` returns 0 (every listed tile is in the store), 2 (usage
 # error, nothing written) or 3 (partial: the store is complete and usable but some tiles were
@@ -113,3 +115,8 @@ sweep-all: sweep-data
 	    $(SWEEP_SETS) --set encoder.source=$$enc --set encoder.uri=$(SWEEP_ROOT)/runs/sweep-geoplex-tiny || rc=1; \
 	done; \
 	echo "sweep-all: $$(( $$(date +%s) - start )) s (tables: $(SWEEP_DIR)/tables/*/paper_table.md)"; exit $$rc
+
+# -- scene inference (issue 14): peak memory and time at 1x, 4x, 16x the scene area -------------------
+.PHONY: bench-predict
+bench-predict: $(STAMP)
+	$(PY) benchmarks/bench_predict.py --out benchmarks/results/predict.json

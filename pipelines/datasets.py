@@ -76,6 +76,14 @@ class DatasetSpec:
     ``None``: no bound. The built-in datasets set it a safe margin above the longest series their
     published archives hold (``docs/store-format.md``, Quarantine); ``python -m pipelines.ingest --max-dates``
     overrides it."""
+    optional_sensors: tuple[str, ...] = ()
+    """Stored sensors some tiles, or a whole archive variant, may lack (PASTIS-R: no SPOT): such a tile is
+    stored with the sensor absent (dates -1, mask False). The store counts the tiles that have each sensor
+    (``SensorMeta.n_tiles``) and the ingest warns when a sensor not listed here is missing from some tiles."""
+    archive_bands: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Sensor -> every channel this archive holds, in file order, where that is more than the sensor
+    registry's bands (PASTIS' descending S1 also ships VV-VH in dB): the store keeps them all and the loader
+    picks the model's bands by name."""
 
     def __post_init__(self):
         module, sep, cls = self.source.partition(":")
@@ -92,6 +100,12 @@ class DatasetSpec:
         if missing:
             raise ValueError(f"dataset {self.name!r}: model sensors {missing} are not stored sensors "
                              "(nor assembled from one)")
+        unknown = sorted((set(self.optional_sensors) | set(self.archive_bands)) - set(self.sensors))
+        if unknown:
+            raise ValueError(f"dataset {self.name!r}: optional_sensors / archive_bands name sensors {unknown} that "
+                             "are not stored sensors")
+        object.__setattr__(self, "optional_sensors", tuple(self.optional_sensors))
+        object.__setattr__(self, "archive_bands", {k: tuple(v) for k, v in self.archive_bands.items()})
         # tuples, so a spec compares and pickles the same however it was written
         object.__setattr__(self, "split_folds", {k: tuple(v) for k, v in self.split_folds.items()})
         object.__setattr__(self, "stats_splits", tuple(self.stats_splits))
@@ -199,13 +213,15 @@ PLANTED_CLASSES = (
 
 register_dataset(DatasetSpec(
     "treesatai-ts", sensors=("aerial", "s2", "s1-asc", "s1-des"), model_sensors=("aerial", "s2", "s1-asc"),
-    tile_m=60, patch_sizes_m=(10, 20), batch_size=128, weight=1.0,
+    optional_sensors=("s1-asc", "s1-des"), tile_m=60, patch_sizes_m=(10, 20), batch_size=128, weight=1.0,
     labels=(LabelSpec("genus", "multilabel", TREESAT_CLASSES),
             # area fraction per genus (the raw label); "genus" is its AnySat multi-hot (> 0.07)
             LabelSpec("genus_fraction", "multilabel", TREESAT_CLASSES)),
     source="pipelines.sources.treesatai:TreeSatAITS", max_dates=256))
 register_dataset(DatasetSpec(
     "pastis-hd", sensors=("spot", "s2", "s1", "s1-des"), model_sensors=("spot", "s2", "s1"),
+    # PASTIS-R (what most users hold) is PASTIS-HD without DATA_SPOT; the descending S1 keeps its 3 channels
+    optional_sensors=("spot",), archive_bands={"s1-des": ("VV", "VH", "VV/VH")},
     tile_m=1280, patch_sizes_m=(40, 80, 160), batch_size=1, weight=1.0, tiles_per_shard=16,
     labels=(LabelSpec("semantic", "segmentation", PASTIS_CLASSES, ignore_index=19),
             LabelSpec("classes", "multilabel", PASTIS_CLASSES[1:19])),
@@ -227,6 +243,7 @@ register_dataset(DatasetSpec(
     source="pipelines.sources.planted:Planted", max_dates=128))
 register_dataset(DatasetSpec(
     "s2naip-urban", sensors=("naip", "l8", "s2", "s1"), model_sensors=("naip", "l8", "s2", "s1"),
+    optional_sensors=("l8", "s1"),
     tile_m=640, patch_sizes_m=(40, 80, 160), batch_size=2, weight=4.0, tiles_per_shard=16,
     labels=(), source="pipelines.sources.s2naip:S2NaipUrban", max_dates=128))
 
@@ -253,6 +270,7 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     # the model's l8 is assembled from the stored l8-sr in the official 11-slot layout (anysat.sensors)
     "sickle", sensors=("s2", "s1", "l8-sr", "s2-aux"), model_sensors=("l8", "s2", "s1"), tile_m=320,
+    optional_sensors=("s2", "s1", "l8-sr", "s2-aux"),  # a uid has the acquisitions it has
     patch_sizes_m=(10,), batch_size=12, tiles_per_shard=64, group="external",
     labels=(LabelSpec("paddy", "segmentation", ("paddy", "non-paddy"), ignore_index=-1),
             LabelSpec("masks_10m", "none", SICKLE_MASK_BANDS)),

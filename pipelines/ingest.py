@@ -59,7 +59,7 @@ timestamps aside).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -83,12 +83,15 @@ import zarr
 from tqdm import tqdm
 
 from anysat.sensors import get_sensor
+from pipelines import geostore
 from pipelines import stats as ps
 from pipelines import raycluster
 from pipelines import store as st
 from pipelines.datasets import DatasetSpec, get_dataset
 from pipelines.lock import DEFAULT_TIMEOUT_S, LockHeld, LockLost, StoreLock
 from pipelines.sources.base import Source, Tile, TileError, TileProbe, TileRef
+# the checks are part of the ingest's interface (tests and callers import them from here)
+from pipelines.tilechecks import DEFAULT_DATE_RANGE, TileChecks, check_dates, check_values, parse_date_range  # noqa: F401
 
 EXIT_OK, EXIT_USAGE, EXIT_QUARANTINED = 0, 2, 3
 PLAN_KEY = "_ingest/plan.json"
@@ -102,103 +105,6 @@ class IngestError(Exception):
 
 class OutputWriteError(Exception):
     """Writing a shard failed (disk full, permissions); raised by a write task, nothing of the shard recorded."""
-
-
-EPOCH = _dt.date(1970, 1, 1)
-DEFAULT_DATE_RANGE = ("1970-01-01", "2100-12-31")
-
-
-def parse_date_range(text: str) -> tuple[str, str]:
-    """``"YYYY-MM-DD:YYYY-MM-DD"`` -> (first, last) ISO dates; ValueError with the reason otherwise."""
-    first, sep, last = str(text).strip().partition(":")
-    if not sep:
-        raise ValueError(f"expected FIRST:LAST as YYYY-MM-DD:YYYY-MM-DD, got {text!r}")
-    try:
-        a, b = _dt.date.fromisoformat(first.strip()), _dt.date.fromisoformat(last.strip())
-    except ValueError as e:
-        raise ValueError(f"expected FIRST:LAST as YYYY-MM-DD:YYYY-MM-DD, got {text!r} ({e})") from None
-    if a < EPOCH:
-        raise ValueError(f"{a} is before 1970-01-01: stored dates count days from 1970-01-01 and negative "
-                         "days collide with the -1 padding code")
-    if b < a:
-        raise ValueError(f"{b} is before {a}")
-    return a.isoformat(), b.isoformat()
-
-
-def _day_text(day: int) -> str:
-    try:
-        return (EPOCH + _dt.timedelta(days=int(day))).isoformat()
-    except (OverflowError, OSError):
-        return "no calendar date"
-
-
-@dataclass(frozen=True)
-class TileChecks:
-    """What every tile is checked against besides the layout (recorded in the plan and the attributes)."""
-
-    first: str = DEFAULT_DATE_RANGE[0]
-    last: str = DEFAULT_DATE_RANGE[1]
-    max_dates: int | None = None
-
-    @property
-    def day_range(self) -> tuple[int, int]:
-        return ((_dt.date.fromisoformat(self.first) - EPOCH).days, (_dt.date.fromisoformat(self.last) - EPOCH).days)
-
-    def to_json(self) -> dict:
-        return {"date_range": [self.first, self.last], "max_dates": self.max_dates}
-
-    @classmethod
-    def from_json(cls, d: dict | None) -> TileChecks:
-        if not d:
-            return cls()
-        first, last = d.get("date_range") or DEFAULT_DATE_RANGE
-        return cls(first, last, d.get("max_dates"))
-
-
-# ticks per day of timestamp units a reader may have passed through as days, for the quarantine reason
-_UNIT_FLOOR = 1_157  # 1973-03-03: below it, timestamps of different units overlap
-_UNIT_HINTS = ((86_400, "seconds"), (86_400_000, "milliseconds"), (86_400_000_000, "microseconds"),
-               (86_400_000_000_000, "nanoseconds"))
-
-
-def check_dates(key: str, dates: np.ndarray, checks: TileChecks) -> str | None:
-    """Why the (integer) dates of one sensor of one tile cannot be stored, or ``None``.
-
-    Compared in 64 bits before the int32 cast, so a timestamp passed through as days never wraps into a
-    plausible-looking date. -1 is the archive's "no date" (and the padding code); other negative days
-    would be read as padding by the loader, so they are rejected like any date outside the range.
-    """
-    d = np.asarray(dates)
-    if d.size == 0:
-        return None
-    if d.dtype.kind == "u" and d.max() > np.iinfo(np.int64).max:
-        return f"sensor {key}: date value {int(d.max())} is not a day number"
-    d = d.astype(np.int64)
-    neg = d < -1
-    if neg.any():
-        v = int(d[neg][0])
-        return (f"sensor {key}: negative day {v} (dates are days since 1970-01-01; -1 is reserved for unknown "
-                "dates and padding)")
-    lo, hi = checks.day_range
-    out = (d != -1) & ((d < lo) | (d > hi))
-    if not out.any():
-        return None
-    v = int(d[out][0])
-    hint = ""
-    for per_day, unit in _UNIT_HINTS if v > hi else ():
-        if max(lo, _UNIT_FLOOR) <= v // per_day <= hi:
-            hint = f"; it looks like a timestamp in {unit}, not a day number"
-            break
-    return (f"sensor {key}: date {_day_text(v)} (day {v}) outside the plausible range {checks.first}.."
-            f"{checks.last} (--date-range){hint}")
-
-
-def check_values(key: str, data: np.ndarray) -> str | None:
-    """Why a sensor's values carry nothing (every value NaN or infinite), or ``None``."""
-    if data.dtype.kind not in "fc" or data.size == 0 or np.isfinite(data).any():
-        return None
-    what = "NaN" if np.isnan(data).all() else "infinite" if np.isinf(data).all() else "NaN or infinite"
-    return f"sensor {key}: all {data.size} values are {what}"
 
 
 def _find_cause(exc: BaseException, types: tuple[type, ...]) -> BaseException | None:
@@ -242,6 +148,8 @@ class IngestResult:
     bytes_written: int
     probe_seconds: float = 0.0
     write_seconds: float = 0.0
+    sensor_tiles: dict[str, int] | None = None
+    """Tiles that have each stored sensor (optional sensors may be absent from some or all)."""
 
     @property
     def exit_code(self) -> int:
@@ -339,12 +247,14 @@ def plan_layout(spec: DatasetSpec, refs: list[TileRef], probes: list[TileProbe |
     for key in spec.sensors:
         sensor = get_sensor(key)
         allowed = {len(sensor.bands): list(sensor.bands), len(sensor.raw_bands): list(sensor.raw_bands)}
+        if key in spec.archive_bands:
+            allowed[len(spec.archive_bands[key])] = list(spec.archive_bands[key])
         have = [(pos, probes[pos].sensors[key]) for pos in range(len(refs)) if ok(pos) and key in probes[pos].sensors]
         for pos, sp in have:
             t, c = sp.shape[0], sp.shape[1]
             if c not in allowed:
-                bad[pos] = (refs[pos].id, f"sensor {key}: {c} bands, expected {len(sensor.raw_bands)} "
-                                          f"({', '.join(sensor.raw_bands)})")
+                expected = " or ".join(f"{n} ({', '.join(b)})" for n, b in sorted(allowed.items()))
+                bad[pos] = (refs[pos].id, f"sensor {key}: {c} bands, expected {expected}")
             elif t < 1:
                 bad[pos] = (refs[pos].id, f"sensor {key}: no time steps")
             elif not sensor.time_series and t != 1:
@@ -406,7 +316,10 @@ def plan_layout(spec: DatasetSpec, refs: list[TileRef], probes: list[TileProbe |
 
     keep = [pos for pos in range(len(refs)) if ok(pos)]
     quarantine = [_qrecord(refs[pos], path, reason, "probe", pos) for pos, (path, reason) in sorted(bad.items())]
-    layout = st.StoreLayout(spec.name, len(keep), int(tiles_per_shard), sensors, labels)
+    kept = [probes[pos] for pos in keep]
+    grids = [k for k in sensors if any(k in p.sensors and p.sensors[k].georeferenced for p in kept)]
+    georef = grids if grids or any(p.footprint for p in kept) else None
+    layout = st.StoreLayout(spec.name, len(keep), int(tiles_per_shard), sensors, labels, georef=georef)
     return layout, keep, quarantine
 
 
@@ -486,6 +399,17 @@ def place_tile(layout: st.StoreLayout, block: dict[str, np.ndarray], j: int, til
         if reason:
             raise TileError(tile.id, reason)
         staged.append((f"labels/{name}", np.s_[j], v))
+    if layout.georef is not None:
+        grids = {k: a.geo for k, a in tile.sensors.items() if k in layout.sensors}
+        shapes = {k: (s.height, s.width) for k, s in layout.sensors.items()}
+        try:
+            crs, footprint, present = geostore.tile_georef(grids, shapes, tile.footprint, layout.georef)
+        except ValueError as e:
+            raise TileError(tile.id, str(e)) from None
+        staged.append((geostore.CRS_KEY, np.s_[j], crs))
+        staged.append((geostore.FOOTPRINT_KEY, np.s_[j], footprint))
+        for key, grid in present.items():
+            staged.append((geostore.transform_key(key), np.s_[j], np.asarray(grid.transform)))
     for key, idx, value in staged:
         block[key][idx] = value
     block["tiles/id"][j] = tile.id
@@ -538,7 +462,10 @@ def write_shard(url: str, storage_options: dict, source_spec: SourceSpec, layout
     nbytes = int(sum(v.nbytes for k, v in block.items() if not k.startswith("tiles/")))
     marker = {"shard": shard, "start": start, "stop": stop, "tiles": len(refs),
               "written": len(refs) - len(quarantine), "bytes": nbytes, "stats": stats, "sample_stats": sample,
-              "quarantine": quarantine}
+              "quarantine": quarantine, "sensor_tiles": {k: int((v > 0).sum()) for k, v in tlen.items()}}
+    if layout.georef is not None:
+        crs = block[geostore.CRS_KEY]
+        marker["georef"] = {"crs": sorted({str(c) for c in crs if c}), "tiles": int(sum(1 for c in crs if c))}
     try:
         root = zarr.open_group(st.zarr_store(url, storage_options), mode="r+")
         st.write_block(root, start, block)
@@ -614,7 +541,15 @@ def _planned_meta(spec: DatasetSpec, layout: st.StoreLayout, raw: str, plan_time
         patch_sizes_m=tuple(spec.patch_sizes_m), model_sensors=tuple(spec.model_sensors),
         compressor=dict(layout.compressor), status="incomplete",
         provenance={"source": raw, "planned": plan_time, "versions": _versions(), "host": socket.gethostname()},
-        validation=None if checks is None else checks.to_json())
+        validation=None if checks is None else checks.to_json(), georef=_planned_georef(spec, layout))
+
+
+def _planned_georef(spec: DatasetSpec, layout: st.StoreLayout) -> geostore.GeorefMeta:
+    note = spec.source_class().georef_note
+    if layout.georef is None:
+        return geostore.GeorefMeta(note)
+    footprint = "archive" if spec.source_class().footprints_in_archive or not layout.georef else "grid"
+    return geostore.GeorefMeta(note, tuple(layout.georef), footprint)
 
 
 def _now() -> str:
@@ -856,8 +791,14 @@ def _ingest_locked(spec: DatasetSpec, raw: str, raw_so: dict, url: str, so: dict
 
     lock.check(verify=True)
     result = finalize(url, so, spec, layout, plan, stats_splits)
+    absent = {k: n for k, n in (result["sensor_tiles"] or {}).items()
+              if k not in spec.optional_sensors and n < result["written"]}
+    if absent:
+        warn(f"{spec.name}: sensors not declared optional (DatasetSpec.optional_sensors) are absent from some "
+             "tiles: " + ", ".join(f"{k} present in {n} of {result['written']} tiles" for k, n in absent.items()))
     return IngestResult(url, len(refs), layout.n_tiles, result["written"], result["quarantine"], layout.n_shards,
-                        len(pending), time.perf_counter() - t0, written_bytes, probe_seconds, write_seconds)
+                        len(pending), time.perf_counter() - t0, written_bytes, probe_seconds, write_seconds,
+                        result["sensor_tiles"])
 
 
 def finalize(url: str, so: dict, spec: DatasetSpec, layout: st.StoreLayout, plan: dict,
@@ -887,12 +828,20 @@ def finalize(url: str, so: dict, spec: DatasetSpec, layout: st.StoreLayout, plan
               "quarantined": len(quarantine), "tiles": quarantine}
     st.write_json(url, "quarantine.json", report, so)
     meta = st.read_meta(url, so)
-    st.write_meta(url, meta.replace(stats=stats, stats_splits=tuple(stats_splits), sample_stats=sample_stats,
+    sensor_tiles = None if any("sensor_tiles" not in m for m in markers) else {
+        key: sum(int(m["sensor_tiles"].get(key, 0)) for m in markers) for key in layout.sensors}
+    sensors_meta = meta.sensors if sensor_tiles is None else {
+        k: dataclasses.replace(v, n_tiles=sensor_tiles.get(k)) for k, v in meta.sensors.items()}
+    georef = meta.georef
+    if georef is not None and layout.georef is not None and all("georef" in m for m in markers):
+        georef = dataclasses.replace(georef, crs=tuple(sorted({c for m in markers for c in m["georef"]["crs"]})),
+                                     n_tiles=sum(m["georef"]["tiles"] for m in markers))
+    st.write_meta(url, meta.replace(sensors=sensors_meta, georef=georef, stats=stats, stats_splits=tuple(stats_splits), sample_stats=sample_stats,
                                     shards=shards,
                                     quarantine=tuple(quarantine), n_listed=plan["n_listed"], n_written=written,
                                     provenance={**(meta.provenance or {}), "finished": _now()},
                                     status="complete"), so)
-    return {"written": written, "quarantine": quarantine}
+    return {"written": written, "quarantine": quarantine, "sensor_tiles": sensor_tiles}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1007,6 +956,12 @@ def main(argv: list[str] | None = None) -> int:
           f"shards this run), {len(q)} quarantined; {res.bytes_written / 1e6:.1f} MB in {res.write_seconds:.1f} s "
           f"= {res.mb_per_s:.1f} MB/s, {res.n_tiles / max(res.seconds, 1e-9):.0f} tiles/s overall "
           f"(probe {res.probe_seconds:.1f} s, total {res.seconds:.1f} s)")
+    spec = get_dataset(args.dataset)
+    if res.sensor_tiles is not None:
+        print("  sensors: " + ", ".join(
+            f"{k} {n}/{res.written} tiles" + (" (optional)" if k in spec.optional_sensors else "")
+            for k, n in res.sensor_tiles.items())
+            + "".join(f", {k} absent (optional)" for k in spec.optional_sensors if k not in res.sensor_tiles))
     for rec in q[:10]:
         print(f"  quarantined {rec['tile']} ({rec['split']}): {rec['file']}: {rec['reason']}")
     if len(q) > 10:

@@ -37,19 +37,22 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
 import fsspec
-import google_crc32c
 import numpy as np
 import zarr
 import zarr.storage
-from numcodecs import Blosc
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.buffer import default_buffer_prototype
+from zarr.codecs import BloscCodec
 from zarr.core.sync import sync
 
+from pipelines import geostore
+from pipelines.geostore import GeorefMeta
+# the shard codec is part of the format: re-exported so callers keep importing it from here
+from pipelines.shardio import ShardSpec, decode_shard, encode_shard, get_all, put_all, shard_spec  # noqa: F401
 from pipelines.stats import SampleStats
 
 FORMAT = "anysat-ray-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads: 1 has no georeference (``geo/*``, ``<sensor>/transform``); nothing else differs.
+READ_VERSIONS = (1, 2)
 QUARANTINED = "quarantined"
 TILE_DIMS = ("tile", "time", "band", "y", "x")
 
@@ -208,9 +211,10 @@ def check_format(url: str, storage_options: dict | None = None) -> bool:
         raise StoreFormatError(f"{url} exists and is not an {FORMAT} store; remove it or choose another --out")
     if fmt != FORMAT:
         raise StoreFormatError(f"{url} is a {fmt!r} store, not {FORMAT!r}; remove it or choose another --out")
-    if version != FORMAT_VERSION:
-        raise StoreFormatError(f"{url} has {FORMAT} format_version {version}, this code reads and writes "
-                               f"version {FORMAT_VERSION}; re-ingest into another --out or remove it")
+    if version not in READ_VERSIONS:
+        raise StoreFormatError(f"{url} has {FORMAT} format_version {version}, this code reads versions "
+                               f"{', '.join(map(str, READ_VERSIONS))} and writes {FORMAT_VERSION}; re-ingest into "
+                               "another --out or remove it")
     return True
 
 
@@ -268,6 +272,9 @@ class StoreLayout:
     sensors: dict[str, SensorLayout]
     labels: dict[str, LabelLayout] = field(default_factory=dict)
     compressor: dict = field(default_factory=lambda: dict(COMPRESSOR))
+    georef: list[str] | None = None
+    """Sensors whose grids the archive georeferences (a ``<sensor>/transform`` array each); not ``None``
+    means the store has the ``geo/*`` arrays (format version 2, ``pipelines.geostore``)."""
 
     @property
     def n_shards(self) -> int:
@@ -280,13 +287,15 @@ class StoreLayout:
     def to_json(self) -> dict:
         return {"dataset": self.dataset, "n_tiles": self.n_tiles, "tiles_per_shard": self.tiles_per_shard,
                 "sensors": {k: asdict(v) for k, v in self.sensors.items()},
-                "labels": {k: asdict(v) for k, v in self.labels.items()}, "compressor": self.compressor}
+                "labels": {k: asdict(v) for k, v in self.labels.items()}, "compressor": self.compressor,
+                "georef": self.georef}
 
     @classmethod
     def from_json(cls, d: dict) -> StoreLayout:
         return cls(d["dataset"], int(d["n_tiles"]), int(d["tiles_per_shard"]),
                    {k: SensorLayout(**v) for k, v in d["sensors"].items()},
-                   {k: LabelLayout(**v) for k, v in d["labels"].items()}, d.get("compressor", dict(COMPRESSOR)))
+                   {k: LabelLayout(**v) for k, v in d["labels"].items()}, d.get("compressor", dict(COMPRESSOR)),
+                   d.get("georef"))
 
     def tile_nbytes(self) -> int:
         """Uncompressed bytes of one tile slot (for throughput figures)."""
@@ -321,6 +330,9 @@ class SensorMeta:
     width: int
     dtype: str
     mask_channels: int | None = None
+    n_tiles: int | None = None
+    """Tiles that have this sensor (an optional sensor is absent from the others: dates -1, mask False);
+    known once the ingest has finished, ``None`` in stores written before it was recorded."""
 
     @classmethod
     def from_layout(cls, s: SensorLayout) -> SensorMeta:
@@ -330,12 +342,15 @@ class SensorMeta:
     @classmethod
     def from_attrs(cls, d: dict) -> SensorMeta:
         return cls(_tuple(d["bands"]), d["resolution_m"], d["time_series"], d["t_max"], d["channels"],
-                   d["height"], d["width"], d["dtype"], d.get("mask_channels"))
+                   d["height"], d["width"], d["dtype"], d.get("mask_channels"), d.get("n_tiles"))
 
     def to_attrs(self) -> dict:
-        return {"bands": list(self.bands), "resolution_m": self.resolution_m, "time_series": self.time_series,
-                "t_max": self.t_max, "channels": self.channels, "height": self.height, "width": self.width,
-                "dtype": self.dtype, "mask_channels": self.mask_channels}
+        d = {"bands": list(self.bands), "resolution_m": self.resolution_m, "time_series": self.time_series,
+             "t_max": self.t_max, "channels": self.channels, "height": self.height, "width": self.width,
+             "dtype": self.dtype, "mask_channels": self.mask_channels}
+        if self.n_tiles is not None:
+            d["n_tiles"] = self.n_tiles
+        return d
 
 
 @dataclass(frozen=True)
@@ -489,6 +504,12 @@ class StoreMeta:
     """What the ingest checked every tile against: ``date_range`` (``[first, last]`` ISO dates a stored
     date may take, -1 aside) and ``max_dates`` (the longest series a tile may have, ``None``: no bound).
     Absent in stores written before these checks existed."""
+    georef: GeorefMeta | None = None
+    """Where the tiles are (``pipelines.geostore``): which sensors have grids, footprints, CRSs, or why
+    the archive says nothing. ``None`` in version-1 stores and embedding stores."""
+    format_version: int = FORMAT_VERSION
+    """The version the store was written with: a version-1 store keeps 1 when its attributes are
+    rewritten (a resumed ingest), since it has no ``geo`` arrays."""
 
     @property
     def n_shards(self) -> int:
@@ -508,9 +529,10 @@ class StoreMeta:
     @classmethod
     def from_attrs(cls, d: dict) -> StoreMeta:
         """Parse root attributes; keys this version does not know are ignored (a newer writer's extras)."""
-        if d.get("format") != FORMAT or d.get("format_version") != FORMAT_VERSION:
+        if d.get("format") != FORMAT or d.get("format_version") not in READ_VERSIONS:
             raise StoreFormatError(f"attributes of a {d.get('format')!r} store, format_version "
-                                   f"{d.get('format_version')!r}; this code reads {FORMAT!r} version {FORMAT_VERSION}")
+                                   f"{d.get('format_version')!r}; this code reads {FORMAT!r} versions "
+                                   f"{', '.join(map(str, READ_VERSIONS))}")
 
         def opt(key, conv):
             return None if d.get(key) is None else conv(d[key])
@@ -530,11 +552,12 @@ class StoreMeta:
             shards=opt("shards", lambda v: tuple(dict(x) for x in v)),
             quarantine=opt("quarantine", lambda v: tuple(dict(x) for x in v)),
             n_listed=d.get("n_listed"), n_written=d.get("n_written"),
-            embedding=opt("embedding", EmbeddingMeta.from_attrs), validation=opt("validation", dict))
+            embedding=opt("embedding", EmbeddingMeta.from_attrs), validation=opt("validation", dict),
+            georef=opt("georef", GeorefMeta.from_attrs), format_version=int(d["format_version"]))
 
     def to_attrs(self) -> dict:
         """The root attributes as stored (JSON-compatible; ``None`` fields left out)."""
-        d: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION, "dataset": self.dataset,
+        d: dict[str, Any] = {"format": FORMAT, "format_version": self.format_version, "dataset": self.dataset,
                              "task": self.task}
         optional = {
             "classes": None if self.classes is None else list(self.classes),
@@ -554,6 +577,7 @@ class StoreMeta:
             "n_listed": self.n_listed, "n_written": self.n_written,
             "embedding": None if self.embedding is None else self.embedding.to_attrs(),
             "validation": self.validation,
+            "georef": None if self.georef is None else self.georef.to_attrs(),
         }
         d.update({k: v for k, v in optional.items() if v is not None})
         return d
@@ -623,6 +647,8 @@ def create_store(url: str, layout: StoreLayout, meta: StoreMeta,
                            shards=(shard_n, t, m, h, w), fill_value=False,
                            dimension_names=("tile", "time", "mask_band", "y", "x"),
                            compressors=compressor_codec(1, layout.compressor))
+    if layout.georef is not None:
+        geostore.create_arrays(root, n, tps, layout.georef, compressor_codec(8, layout.compressor))
     if layout.labels:
         lg = root.create_group("labels")
         for lab in layout.labels.values():
@@ -649,6 +675,8 @@ def empty_block(layout: StoreLayout, n: int) -> dict[str, np.ndarray]:
             block[f"{s.key}/mask"] = np.zeros((n, s.t_max, s.mask_channels, s.height, s.width), dtype=bool)
     for lab in layout.labels.values():
         block[f"labels/{lab.name}"] = np.full((n, *lab.shape), lab.fill_value, dtype=lab.dtype)
+    if layout.georef is not None:
+        block.update(geostore.empty_block(n, layout.georef))
     return block
 
 
@@ -667,118 +695,10 @@ def write_block(root: zarr.Group, start: int, block: dict[str, np.ndarray]) -> N
         if FAST_SHARD_IO and spec is not None and start % spec.tiles == 0:
             puts.append((spec.key(start // spec.tiles), encode_shard(spec, arr)))
             continue
-        if key.startswith("tiles/"):
+        if key.startswith(geostore.STRING_PREFIXES):
             arr = np.asarray([str(x) for x in arr], dtype=np.dtypes.StringDType())
         za[start:stop] = arr
-    _put_all(root.store, puts)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Whole-shard fast path (Zarr v3 sharding_indexed: [bytes, blosc] inner codecs, [bytes, crc32c] index
-# at the end). Objects written here are ordinary Zarr shards: zarr and xarray read them unchanged.
-# ----------------------------------------------------------------------------------------------------
-_MAX_U64 = np.uint64(2**64 - 1)
-
-
-@dataclass
-class ShardSpec:
-    path: str
-    shape: tuple[int, ...]
-    tiles: int
-    """Inner chunks (tiles) per shard; each inner chunk is one tile ``(1, *shape[1:])``."""
-    dtype: np.dtype
-    fill_value: Any
-    blosc: Any
-    encode_key: Any
-
-    def key(self, shard: int) -> str:
-        return f"{self.path}/{self.encode_key((shard,) + (0,) * (len(self.shape) - 1))}"
-
-    @property
-    def index_nbytes(self) -> int:
-        return self.tiles * 16 + 4
-
-
-def shard_spec(arr: zarr.Array) -> ShardSpec | None:
-    """The fast-path description of an array, or ``None`` if its codecs are not the ones we create."""
-    md = arr.metadata
-    codecs = getattr(md, "codecs", ())
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return None
-    sc = codecs[0]
-    inner, index = tuple(sc.codecs), tuple(sc.index_codecs)
-    if (len(inner) != 2 or not isinstance(inner[0], BytesCodec) or not isinstance(inner[1], BloscCodec)
-            or len(index) != 2 or not isinstance(index[0], BytesCodec) or not isinstance(index[1], Crc32cCodec)
-            or str(getattr(sc.index_location, "value", sc.index_location)) != "end"):
-        return None
-    shard_shape = tuple(md.chunk_grid.chunk_shape)
-    if tuple(sc.chunk_shape) != (1, *arr.shape[1:]) or shard_shape[1:] != tuple(arr.shape[1:]):
-        return None
-    dtype = np.dtype(arr.dtype)
-    if dtype.itemsize > 1 and (inner[0].endian is None or getattr(inner[0].endian, "value", inner[0].endian) != "little"):
-        return None
-    cfg = inner[1].to_dict()["configuration"]
-    shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[str(cfg["shuffle"])]
-    blosc = Blosc(cname=str(cfg["cname"]), clevel=int(cfg["clevel"]), shuffle=shuffle,
-                  blocksize=int(cfg.get("blocksize", 0)), typesize=int(cfg.get("typesize") or dtype.itemsize))
-    return ShardSpec(arr.path, tuple(arr.shape), int(shard_shape[0]), dtype, arr.fill_value, blosc,
-                     md.chunk_key_encoding.encode_chunk_key)
-
-
-def encode_shard(spec: ShardSpec, block: np.ndarray) -> bytes:
-    """Bytes of one shard object holding ``len(block)`` consecutive tiles from the shard's start."""
-    n = block.shape[0]
-    a = np.ascontiguousarray(block, dtype=spec.dtype.newbyteorder("<") if spec.dtype.itemsize > 1 else spec.dtype)
-    if a.dtype == np.bool_:
-        a = a.view(np.uint8)
-    index = np.full((spec.tiles, 2), _MAX_U64, dtype="<u8")
-    parts, off = [], 0
-    for i in range(n):
-        enc = spec.blosc.encode(a[i])
-        index[i] = (off, len(enc))
-        parts.append(enc)
-        off += len(enc)
-    ib = index.tobytes()
-    return b"".join(parts) + ib + np.uint32(google_crc32c.value(ib)).tobytes()
-
-
-def decode_shard(spec: ShardSpec, buf: bytes | None, lo: int, hi: int, out: np.ndarray) -> None:
-    """Decode tiles ``lo..hi`` (shard-relative) of a shard object into ``out`` (``hi - lo`` rows)."""
-    if buf is None:
-        out[...] = spec.fill_value
-        return
-    mv = memoryview(buf)
-    ib = bytes(mv[len(buf) - spec.index_nbytes:len(buf) - 4])
-    if np.uint32(google_crc32c.value(ib)).tobytes() != bytes(mv[len(buf) - 4:]):
-        raise ValueError(f"{spec.path}: shard index checksum mismatch (damaged shard object)")
-    index = np.frombuffer(ib, dtype="<u8").reshape(spec.tiles, 2)
-    dst = out.view(np.uint8) if out.dtype == np.bool_ else out
-    for j, i in enumerate(range(lo, hi)):
-        o, ln = index[i]
-        if o == _MAX_U64:
-            out[j] = spec.fill_value
-            continue
-        spec.blosc.decode(mv[int(o):int(o + ln)], out=dst[j])
-
-
-def _put_all(store, puts: list[tuple[str, bytes]]) -> None:
-    if not puts:
-        return
-    proto = default_buffer_prototype()
-
-    async def go():
-        await asyncio.gather(*(store.set(k, proto.buffer.from_bytes(v)) for k, v in puts))
-
-    sync(go())
-
-
-def _get_all(store, keys: list[str]) -> list[bytes | None]:
-    proto = default_buffer_prototype()
-
-    async def go():
-        return await asyncio.gather(*(store.get(k, prototype=proto) for k in keys))
-
-    return [None if b is None else b.to_bytes() for b in sync(go())]
+    put_all(root.store, puts)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -990,7 +910,7 @@ class StoreReader:
                 continue
             fast[k] = (spec, list(range(start // spec.tiles, (stop - 1) // spec.tiles + 1) if stop > start else []))
         keys_fetch = [spec.key(i) for spec, shards in fast.values() for i in shards]
-        blobs = dict(zip(keys_fetch, _get_all(self.root.store, keys_fetch))) if keys_fetch else {}
+        blobs = dict(zip(keys_fetch, get_all(self.root.store, keys_fetch))) if keys_fetch else {}
         for k, (spec, shards) in fast.items():
             res = np.empty((stop - start, *spec.shape[1:]), dtype=spec.dtype)
             for i in shards:
@@ -1007,6 +927,14 @@ class StoreReader:
             v = np.asarray(v)
             out[k] = v.astype(object) if k.startswith("tiles/") else v
         return {k: out[k] for k in keys}
+
+    def open_tile(self, i: int, sensor: str):
+        """Tile ``i`` of ``sensor`` as a georeferenced ``xarray.DataArray`` (``pipelines.geostore.open_tile``)."""
+        return geostore.open_tile(self, i, sensor)
+
+    def footprints(self) -> dict[str, np.ndarray]:
+        """Every tile's ``id``, ``split``, ``crs`` and ``footprint`` (GeoJSON); version-2 stores only."""
+        return geostore.footprints(self)
 
     def _spec(self, key: str, arr: zarr.Array) -> ShardSpec | None:
         if key not in self._specs:

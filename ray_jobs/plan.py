@@ -118,6 +118,8 @@ class DataPlan:
     n_tiles: int
     tiles_per_shard: int
     provenance: dict[str, Any]
+    format_version: int = st.FORMAT_VERSION
+    """The store's own format version (a version-1 store still trains)."""
 
     @property
     def stored_splits(self) -> list[str]:
@@ -177,6 +179,11 @@ def _resolve(cfg: TrainConfig, e: DatasetEntry) -> DataPlan:
     stored = list(meta.sensors)
     sensors = list(e.sensors) if e.sensors else [s for s in spec.model_sensors if store_group(s, stored)]
     missing = [s for s in sensors if not store_group(s, stored)]
+    if missing and set(missing) <= set(spec.optional_sensors):
+        # an archive variant without an optional sensor (PASTIS-R has no SPOT) ingests fine; say so plainly
+        raise ValueError(f"{e.name}: the config needs sensor(s) {missing} but store {url} has none (its archive "
+                         f"lacks them, an optional sensor of {spec.name}; stored: {stored}); drop them from this "
+                         "dataset entry's sensors or ingest the archive that has them")
     if missing or not sensors:
         raise ValueError(f"{e.name}: sensors {missing or sensors} not in store {url} (stored: {stored})")
 
@@ -213,7 +220,8 @@ def _resolve(cfg: TrainConfig, e: DatasetEntry) -> DataPlan:
         batch_size=int(e.batch_size or spec.batch_size), weight=float(e.weight or spec.weight),
         patch_sizes_m=patch_sizes, tile_m=tile_m, crop={k: int(v) for k, v in e.crop.items()},
         temporal_dropout=e.temporal_dropout, date_origin=e.date_origin, n_tiles=meta.n_tiles,
-        tiles_per_shard=tps, provenance=_short_provenance(meta.provenance))
+        tiles_per_shard=tps, provenance=_short_provenance(meta.provenance),
+        format_version=meta.format_version)
 
 
 def _split(split: str | list[str] | None) -> Split | None:
@@ -381,7 +389,7 @@ def store_versions(plans: dict[str, DataPlan]) -> dict[str, Any]:
     for name, p in plans.items():
         pre = f"store.{name}."
         out[pre + "url"] = p.url
-        out[pre + "format_version"] = st.FORMAT_VERSION  # StoreReader reads no other version
+        out[pre + "format_version"] = p.format_version
         out[pre + "n_tiles"] = p.n_tiles
         out[pre + "n_train"] = p.n_split
         out[pre + "sensors"] = ",".join(p.sensors)

@@ -4,7 +4,9 @@ A dataset's generator is found by naming convention: the module named like its r
 ``samplegen`` package beside the reader's package (:attr:`pipelines.datasets.DatasetSpec.generator_module`;
 ``pipelines.sources.planted`` -> ``pipelines.samplegen.planted``, and the same for a dataset of another
 package). It exposes ``write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None`` and
-writes the archive in the dataset's real on-disk layout under ``root``. Modules are imported lazily
+writes the archive in the dataset's real on-disk layout under ``root``. A generator that can write
+archive variants users hold (PASTIS-R beside PASTIS-HD, a re-packaged FLAIR) lists them in a module-level
+``VARIANTS`` dict (name -> description) and takes ``variant=<name>``. Modules are imported lazily
 because the writers pull in rasterio, h5py and friends.
 """
 
@@ -47,3 +49,9 @@ def get_generator(dataset: str) -> SampleWriter:
     if not callable(writer):
         raise ValueError(f"sample generator {module} of dataset {dataset!r} has no write_sample function")
     return writer
+
+
+def generator_variants(dataset: str) -> dict[str, str]:
+    """The archive variants a dataset's generator writes (name -> description); empty if it has none."""
+    module = importlib.import_module(get_dataset(dataset).generator_module)
+    return dict(getattr(module, "VARIANTS", {}))

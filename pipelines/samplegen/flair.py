@@ -7,6 +7,11 @@ values cover 1..19 (14..19 included), one date per zone is cloudy above 60 %, on
 from the super-area edge. ``splits.json`` is AnySat's file, not the authors': it is written only with
 ``anysat_splits=True`` (the default, since AnySat users hold it) and the reader works without it.
 
+Variants (``VARIANTS``; ``make sample-data VARIANT=...``): ``flair`` (default, the authors' names) and
+``flair-repackaged``, a re-packaged copy as users redistribute it: the super-area files renamed
+(``S2_{ZONE}_{data.npy,masks.npy,products.txt}``), no ``flair_aerial_metadata.json`` and no ``splits.json``.
+Same random stream in both.
+
 Planted signal: each pixel's class sets its aerial colour (and elevation) and the S2 spectrum under it.
 """
 
@@ -29,6 +34,10 @@ _TREES = {"train": ("flair_aerial_train", "flair_labels_train", "flair_sen_train
 _SLOTS = [(6, 20)] + [(r, c) for r in (18, 30, 42, 54) for c in (6, 18, 30, 42, 54, 66)]
 # raw class -> S2 spectrum (B2..B12, reflectance x 1e4), smooth in the class index
 _S2_BASE = np.array([500, 800, 700, 1200, 1800, 2000, 2300, 2400, 1900, 1200], np.float64)
+
+
+VARIANTS = {"flair": "FLAIR #2 as the authors publish it (plus AnySat's splits.json)",
+            "flair-repackaged": "super-area files renamed, no flair_aerial_metadata.json, no splits.json"}
 
 
 def _zones(n: int) -> list[tuple[tuple, int]]:
@@ -57,8 +66,14 @@ def _products(days: np.ndarray, tile: str, rng: np.random.Generator) -> list[str
     return lines
 
 
-def write_sample(root: str, tiles: int | None = None, seed: int = 0, anysat_splits: bool = True) -> None:
+def write_sample(root: str, tiles: int | None = None, seed: int = 0, anysat_splits: bool = True,
+                 variant: str | None = None) -> None:
     """Write ``tiles`` (default 6) FLAIR #2 patches in 3 domains (2 train, 1 test) under ``root``."""
+    variant = variant or "flair"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown flair variant {variant!r}; known: {', '.join(VARIANTS)}")
+    repackaged = variant == "flair-repackaged"
+    anysat_splits = anysat_splits and not repackaged
     n = 6 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     palette = rng.integers(30, 230, size=(20, 5))  # raw class -> R, G, B, NIR, elevation
@@ -115,7 +130,7 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0, anysat_spli
                 "date": np.datetime64(d, "D").astype(object).isoformat(),
                 "time": f"{int(rng.integers(9, 16))}h{int(rng.integers(0, 60)):02d}", "domain": domain, "zone": zone}
 
-        prefix = os.path.join(sen_dir, f"SEN2_sp_{domain}-{zone}")
+        prefix = os.path.join(sen_dir, f"S2_{zone}" if repackaged else f"SEN2_sp_{domain}-{zone}")
         np.save(prefix + "_data.npy", np.clip(np.rint(data), 0, 10000).astype(np.uint16))
         np.save(prefix + "_masks.npy", masks)
         with open(prefix + "_products.txt", "w") as f:
@@ -123,8 +138,9 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0, anysat_spli
 
     with open(os.path.join(root, "flair-2_centroids_sp_to_patch.json"), "w") as f:
         json.dump(centroids, f)
-    with open(os.path.join(root, "flair_aerial_metadata.json"), "w") as f:
-        json.dump(metadata, f)
+    if not repackaged:
+        with open(os.path.join(root, "flair_aerial_metadata.json"), "w") as f:
+            json.dump(metadata, f)
     if anysat_splits:
         train = domains["train"]
         val = train[-1:] if len(train) > 1 else []

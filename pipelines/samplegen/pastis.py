@@ -5,6 +5,11 @@ nested ``dates-*`` objects exactly as the real file does. Parcels are 16-px bloc
 fixes its NDVI peak date in S2 and S1, its colour in SPOT and an S2 soil signature (x 1.3 on a fixed
 subset of the bands per class, ``CLASS_CODES``, on every date: a few dates rarely catch a class's NDVI
 peak, so the phenology alone is hardly learnable from a sample) -- the planted, learnable signal.
+
+Variants (``VARIANTS``; ``make sample-data VARIANT=...``): ``pastis-hd`` (default) and ``pastis-r``, the
+PASTIS-R archive most users hold: the same files without ``DATA_SPOT/``. Both draw the same random
+stream, so their S2, S1 and labels are identical. The SPOT GeoTIFFs are in EPSG:2154 at 1 m, their
+upper-left corner at the footprint's (min x, max y).
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ _DAY0 = (np.datetime64("2018-09-01") - np.datetime64("1970-01-01")).astype(int)
 # per semantic class (20), the S2 bands its signature raises; a separate generator, so the archive's own
 # random stream is the same as without it
 CLASS_CODES = np.random.default_rng(20).random((20, 10)) < 0.4
+
+
+VARIANTS = {"pastis-hd": "PASTIS-HD: PASTIS-R + DATA_SPOT (SPOT6 GeoTIFFs)",
+            "pastis-r": "PASTIS-R: S2, S1 ascending / descending and labels, no DATA_SPOT/"}
 
 
 def _ids(n: int) -> list[tuple[int, int]]:
@@ -64,14 +73,19 @@ def _footprint(i: int, rotate: bool) -> list[list[float]]:
             for x, y in pts]
 
 
-def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
-    """Write ``tiles`` (default 5, one per fold) PASTIS-HD patches under ``root``."""
+def write_sample(root: str, tiles: int | None = None, seed: int = 0, variant: str | None = None) -> None:
+    """Write ``tiles`` (default 5, one per fold) PASTIS-HD patches under ``root`` (``variant``: ``VARIANTS``)."""
+    variant = variant or "pastis-hd"
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown pastis-hd variant {variant!r}; known: {', '.join(VARIANTS)}")
+    with_spot = variant == "pastis-hd"
     n = 5 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     spot_dir = os.path.join(root, "DATA_SPOT", "PASTIS_SPOT6_RVB_1M00_2019")
     for d in ("DATA_S2", "DATA_S1A", "DATA_S1D", "ANNOTATIONS", "INSTANCE_ANNOTATIONS", "documentation"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    os.makedirs(spot_dir, exist_ok=True)
+    if with_spot:
+        os.makedirs(spot_dir, exist_ok=True)
     palette = rng.integers(40, 220, size=(20, 3))
     features = []
     for i, (pid, fold) in enumerate(_ids(n)):
@@ -125,6 +139,8 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0) -> None:
         up = np.kron(cls, np.ones((10, 10), np.int64))
         spot = palette[up].transpose(2, 0, 1).astype(np.int16) + rng.integers(-6, 7, size=(3, SPOT, SPOT))
         xs, ys = [p[0] for p in ring], [p[1] for p in ring]
+        if not with_spot:
+            continue
         with rasterio.open(os.path.join(spot_dir, f"SPOT6_RVB_1M00_2019_{pid}.tif"), "w", driver="GTiff",
                            height=SPOT, width=SPOT, count=3, dtype="uint8", crs="EPSG:2154",
                            transform=Affine(1.0, 0, min(xs), 0, -1.0, max(ys)), compress="deflate",

@@ -71,10 +71,16 @@ def _osm(rng: np.random.Generator) -> tuple[dict, list[tuple[int, int, int, int]
     return {"type": "FeatureCollection", "features": feats}, boxes
 
 
-def write_sample(root: str, tiles: int | None = None, seed: int = 0, layout: str = "anysat") -> None:
+VARIANTS = {"anysat": "AnySat's copy: the AI2 folders plus {train,val,test}_dict.json",
+            "ai2": "AI2's extracted archive: no dict files, dates from the scene tables"}
+
+
+def write_sample(root: str, tiles: int | None = None, seed: int = 0, layout: str = "anysat",
+                 variant: str | None = None) -> None:
     """Write ``tiles`` (default 4) S2NAIP-Urban tiles under ``root`` (``layout`` "anysat" or "ai2")."""
+    layout = variant or layout  # a variant is a layout of the same files
     if layout not in ("anysat", "ai2"):
-        raise ValueError(f"layout must be 'anysat' or 'ai2', got {layout!r}")
+        raise ValueError(f"unknown s2naip-urban variant {layout!r}; known: {', '.join(VARIANTS)}")
     n = 4 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     for d in ("naip", "sentinel2", "sentinel1", "landsat", "openstreetmap", "worldcover"):

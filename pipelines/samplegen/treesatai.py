@@ -124,10 +124,16 @@ def _write_mono(root: str, name: str, s2: np.ndarray, x0: float, y0: float, rng:
         ds.write(s2_12)
 
 
-def write_sample(root: str, tiles: int | None = None, seed: int = 0, layout: str = "hf") -> None:
+VARIANTS = {"hf": "the Hugging Face release (sentinel-ts/{stem}_{year}.h5)",
+            "anysat": "AnySat's re-packaged copy (sentinel/{stem}.h5, derived .pth)"}
+
+
+def write_sample(root: str, tiles: int | None = None, seed: int = 0, layout: str = "hf",
+                 variant: str | None = None) -> None:
     """Write ``tiles`` (default 6) TreeSatAI-TS patches under ``root`` (``layout`` "hf" or "anysat")."""
+    layout = variant or layout  # a variant is a layout of the same files
     if layout not in ("hf", "anysat"):
-        raise ValueError(f"layout must be 'hf' or 'anysat', got {layout!r}")
+        raise ValueError(f"unknown treesatai-ts variant {layout!r}; known: {', '.join(VARIANTS)}")
     n = 6 if tiles is None else int(tiles)
     rng = np.random.default_rng(seed)
     names = _names(n)

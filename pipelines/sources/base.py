@@ -12,6 +12,11 @@ Conventions of the returned arrays (what ``pipelines/store.py`` stores, one arra
 * ``SensorArray.dates``: ``(T,)`` int32 days since 1970-01-01 (UTC); ``-1`` where the archive has no date.
 * ``SensorArray.mask``: ``(T, 1|C, H, W)`` bool, ``True`` = valid, only where the archive has one.
 * ``Tile.labels``: name -> array (``(K,)`` multi-hot / fractions, ``()`` class index, ``(H, W)`` per pixel).
+* ``SensorArray.geo``: the sensor grid's CRS and affine transform (:class:`pipelines.georef.GridRef`) where
+  the archive file has them (GeoTIFFs); ``Tile.footprint`` where the archive gives the outline another way.
+  A reader says in :attr:`Source.georef_note` what its archive has, so the store can record it.
+* A sensor the tile does not have (PASTIS-R has no SPOT, S2NAIP tiles without Landsat) is left out of
+  ``Tile.sensors``: the store keeps it absent for that tile (dates -1, mask False).
 
 A reader raises :class:`TileError` (file + reason) for a structurally broken tile; the ingest job
 quarantines it and carries on.
@@ -36,6 +41,8 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioIOError
 
+from pipelines.georef import Footprint, GridRef
+
 EPOCH = _dt.date(1970, 1, 1)
 
 
@@ -53,6 +60,7 @@ class SensorArray:
     data: np.ndarray
     dates: np.ndarray
     mask: np.ndarray | None = None
+    geo: GridRef | None = None
 
 
 @dataclass
@@ -70,6 +78,8 @@ class Tile:
     split: str
     sensors: dict[str, SensorArray]
     labels: dict[str, np.ndarray] = field(default_factory=dict)
+    footprint: Footprint | None = None
+    """The outline the archive gives (PASTIS' geojson); ``None``: the store derives it from a sensor grid."""
 
 
 def days_since_epoch(d: _dt.date | _dt.datetime | str) -> int:
@@ -139,6 +149,8 @@ class SensorProbe:
     """Channels of the validity mask (1 or C), ``None`` when the tile has no mask for this sensor."""
     dates: int | None = None
     """Length of the dates vector (must equal T); ``None`` = same as T."""
+    georeferenced: bool = False
+    """Whether this sensor's grid has a CRS and transform in the archive."""
 
 
 @dataclass
@@ -146,6 +158,8 @@ class TileProbe:
     sensors: dict[str, SensorProbe]
     labels: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
     """label name -> (shape, dtype)."""
+    footprint: bool = False
+    """Whether the archive gives this tile's outline apart from the sensor grids."""
 
 
 def probe_from_tile(tile: Tile) -> TileProbe:
@@ -157,9 +171,9 @@ def probe_from_tile(tile: Tile) -> TileProbe:
             raise TileError(tile.id, f"sensor {key}: data has shape {data.shape}, expected (T, C, H, W)")
         mask_c = None if arr.mask is None else int(np.asarray(arr.mask).shape[1])
         sensors[key] = SensorProbe(tuple(int(s) for s in data.shape), data.dtype.str, mask_c,
-                                   int(np.asarray(arr.dates).shape[0]))
+                                   int(np.asarray(arr.dates).shape[0]), arr.geo is not None)
     labels = {name: (tuple(int(s) for s in np.shape(v)), np.asarray(v).dtype.str) for name, v in tile.labels.items()}
-    return TileProbe(sensors, labels)
+    return TileProbe(sensors, labels, tile.footprint is not None)
 
 
 @dataclass
@@ -174,6 +188,8 @@ class Raster:
     nodata: float | None
     descriptions: tuple[str | None, ...]
     """Band descriptions as GDAL wrote them (``None`` where a band has none)."""
+    geo: GridRef | None = None
+    """CRS and affine transform, ``None`` for a raster without a georeference."""
 
 
 def decode_raster(src: str | bytes, where: str, read: bool = True) -> Raster:
@@ -184,7 +200,7 @@ def decode_raster(src: str | bytes, where: str, read: bool = True) -> Raster:
     """
     def grab(ds) -> Raster:
         return Raster(ds.read() if read else None, (ds.count, ds.height, ds.width), np.dtype(ds.dtypes[0]),
-                      ds.nodata, tuple(ds.descriptions))
+                      ds.nodata, tuple(ds.descriptions), GridRef.from_rasterio(ds.crs, ds.transform))
 
     try:
         if isinstance(src, (bytes, bytearray, memoryview)):
@@ -201,6 +217,10 @@ class Source(ABC):
 
     #: dataset name on the command line (``make ingest DATASET=<name>``)
     name: ClassVar[str]
+    #: what the archive says about where its tiles are (recorded in the store's ``georef`` attribute)
+    georef_note: ClassVar[str] = "no georeference in the archive"
+    #: whether ``Tile.footprint`` comes from the archive (else the store outlines a sensor grid)
+    footprints_in_archive: ClassVar[bool] = False
 
     def __init__(self, root: str, storage_options: dict | None = None):
         self.root = str(root).rstrip("/")

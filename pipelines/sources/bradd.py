@@ -56,6 +56,7 @@ def _days(dates, where: str, what: str) -> np.ndarray:
 
 class BraDDS1TS(Source):
     name = "bradd-s1ts"
+    georef_note = "none: the .pt samples carry no coordinates"
     split_column = "close_set"
 
     def __init__(self, root: str, storage_options: dict | None = None):

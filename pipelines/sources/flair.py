@@ -10,6 +10,11 @@ The author archive, unzipped side by side::
     flair_aerial_metadata.json                                   {"IMG_nnnnnn": {"date": "YYYY-MM-DD", ...}}
     splits.json (optional, AnySat's)                             {"train"|"val"|"test": [DOMAIN, ...]}
 
+The super-area files are found by pattern in the zone's ``sen/`` folder (``*data.npy``, ``*masks.npy``,
+``*products.txt``, one each), as the authors' loader and AnySat's do, so a re-packaged copy with other
+file names reads the same. ``flair_aerial_metadata.json`` only supplies the aerial date: without it the
+aerial dates are -1 (one warning at listing), as the authors' loader treats it as optional.
+
 One super-area ``(T, 10, H, W)`` is shared by every patch of a zone; each tile stores the
 ``s2_crop`` x ``s2_crop`` window centred on its centroid (AnySat's 10 x 10 = the 100 m tile). Windows that
 reach past the super-area edge are zero-padded and masked invalid instead of shifted, so every pixel stays
@@ -19,6 +24,8 @@ where it is on the ground. The S2 mask is "inside the super-area and snow and cl
 Split: the domain list of ``splits.json`` when the archive has one (AnySat's split), otherwise the
 official one: ``train`` for the ``*_train`` trees, ``test`` for the ``flair_2_*_test`` trees.
 Labels: ``semantic`` = AnySat's 13 classes (values > 13 -> 13, minus 1), ``nomenclature`` = the raw 1..19.
+Georeference: the aerial and mask GeoTIFFs' grid (Lambert-93, 0.2 m); the super-area ``.npy`` has none,
+so the S2 window is stored without a grid.
 """
 
 from __future__ import annotations
@@ -41,10 +48,14 @@ CENTROIDS = "flair-2_centroids_sp_to_patch.json"
 METADATA = "flair_aerial_metadata.json"
 _IMG = re.compile(r"IMG_(\d+)\.tif$")
 _SENSING = re.compile(r"(?<!\d)(\d{8})T\d{6}")
+# what the super-area file names end with (the authors' loader globs these in the zone's sen/ folder)
+SUPER_AREA_FILES = {"data": "data.npy", "masks": "masks.npy", "products": "products.txt"}
 
 
 class Flair(Source):
     name = "flair"
+    georef_note = ("aerial and mask GeoTIFF grids (Lambert-93); the Sentinel-2 super-area .npy has no grid, so "
+                   "the s2 window has none")
 
     #: side (pixels) of the S2 window stored per tile; 10 = AnySat's crop = the 100 m tile
     s2_crop = 10
@@ -57,6 +68,8 @@ class Flair(Source):
         super().__init__(root, storage_options)
         self._json: dict[str, dict] = {}
         self._zones: OrderedDict = OrderedDict()
+        self._sen_files: dict[str, dict[str, str]] = {}
+        self._has_metadata: bool | None = None
         self._fingerprinted = False
 
     # -- listing ---------------------------------------------------------------------------------
@@ -84,6 +97,8 @@ class Flair(Source):
         if not refs:
             raise FileNotFoundError(f"{self.root}: no flair_aerial_train/ or flair_2_aerial_test/ patches")
         refs.sort(key=lambda r: (int(r.info["num"]), r.id))
+        if not self._aerial_metadata_present():
+            log.warning("flair: %s is missing: aerial dates are stored as -1 (unknown)", self.path(METADATA))
         log.info("flair: %d patches (%s), splits from %s", len(refs),
                  ", ".join(f"{s}={sum(r.split == s for r in refs)}" for s in sorted({r.split for r in refs})),
                  "splits.json" if override else "the train/test trees")
@@ -102,17 +117,37 @@ class Flair(Source):
     def _rels(self, ref: TileRef) -> tuple[str, str, str]:
         aerial, labels, sen = TREES[ref.info["tree"]]
         d, z, n = ref.info["domain"], ref.info["zone"], ref.info["num"]
-        return (f"{aerial}/{d}/{z}/img/IMG_{n}.tif", f"{labels}/{d}/{z}/msk/MSK_{n}.tif",
-                f"{sen}/{d}/{z}/sen/SEN2_sp_{d}-{z}")
+        return (f"{aerial}/{d}/{z}/img/IMG_{n}.tif", f"{labels}/{d}/{z}/msk/MSK_{n}.tif", f"{sen}/{d}/{z}/sen")
+
+    def _aerial_metadata_present(self) -> bool:
+        if self._has_metadata is None:
+            self._has_metadata = self.exists(METADATA)
+        return self._has_metadata
+
+    def super_area_files(self, folder: str) -> dict[str, str]:
+        """``data`` / ``masks`` / ``products`` -> the file of the zone's ``sen/`` folder ending like that."""
+        if folder not in self._sen_files:
+            names = sorted(p.rsplit("/", 1)[-1] for p in self.fs.glob(self.path(folder, "*")))
+            found = {}
+            for key, suffix in SUPER_AREA_FILES.items():
+                match = [n for n in names if n.endswith(suffix)]
+                if len(match) != 1:
+                    raise TileError(self.path(folder), f"{len(match)} files ending with {suffix!r} (expected one "
+                                                       f"super-area file); folder holds {names[:6]}")
+                found[key] = f"{folder}/{match[0]}"
+            self._sen_files[folder] = found
+        return self._sen_files[folder]
 
     def _aerial(self, rel: str, read: bool):
         r = self.read_raster(rel, read)
         if r.shape[0] != 5 or r.dtype != np.uint8:
             raise TileError(self.path(rel), f"aerial must be 5-band uint8 (R, G, B, NIR, elevation), "
                                             f"got {r.shape[0]} bands {r.dtype}")
-        return r.data, r.shape, r.dtype
+        return r.data, r.shape, r.dtype, r.geo
 
     def _aerial_date(self, ref: TileRef) -> int:
+        if not self._aerial_metadata_present():
+            return -1
         meta = self._table(METADATA).get(ref.id)
         if not meta or not meta.get("date"):
             return -1
@@ -128,13 +163,14 @@ class Flair(Source):
             shape, _, dtype = read(f)
         return tuple(int(s) for s in shape), np.dtype(dtype)
 
-    def _zone(self, prefix: str, header_only: bool = False) -> dict:
+    def _zone(self, folder: str, header_only: bool = False) -> dict:
         """Super-area arrays (memory-mapped or cached), or just their shapes, plus the product dates."""
-        key = (prefix, header_only)
+        key = (folder, header_only)
         if key in self._zones:
             self._zones.move_to_end(key)
             return self._zones[key]
-        rel_data, rel_mask, rel_prod = f"{prefix}_data.npy", f"{prefix}_masks.npy", f"{prefix}_products.txt"
+        files = self.super_area_files(folder)
+        rel_data, rel_mask, rel_prod = files["data"], files["masks"], files["products"]
         try:
             with self.open(rel_prod, mode="r") as f:
                 products = [ln.strip() for ln in f if ln.strip()]
@@ -149,7 +185,7 @@ class Flair(Source):
                     with self.open(rel) as f:
                         z[k] = np.load(f, allow_pickle=False)
         except FileNotFoundError as e:
-            raise TileError(self.path(prefix + "_*"), f"super-area file missing: {e}") from None
+            raise TileError(self.path(folder), f"super-area file missing: {e}") from None
         except (OSError, ValueError, EOFError) as e:
             raise TileError(self.path(rel_data), f"unreadable super-area ({type(e).__name__}: {e})") from None
         dshape, ddtype = z["data"] if header_only else (z["data"].shape, z["data"].dtype)
@@ -172,7 +208,7 @@ class Flair(Source):
         z["shape"], z["dtype"] = dshape, ddtype
         if not self._fingerprinted and not header_only:
             self._fingerprinted = True
-            log.info("flair format fingerprint: %s data %s %s, masks %s, %d products", prefix, dshape, ddtype,
+            log.info("flair format fingerprint: %s data %s %s, masks %s, %d products", rel_data, dshape, ddtype,
                      mshape, len(days))
         self._zones[key] = z
         while len(self._zones) > self.zone_cache:
@@ -185,8 +221,8 @@ class Flair(Source):
             raise TileError(self.path(CENTROIDS), f"no centroid for {ref.id}.tif")
         return int(c[0]), int(c[1])
 
-    def _s2(self, ref: TileRef, prefix: str) -> SensorArray:
-        z = self._zone(prefix)
+    def _s2(self, ref: TileRef, sen_dir: str) -> SensorArray:
+        z = self._zone(sen_dir)
         r, c = self._centroid(ref)
         t, _, h, w = z["shape"]
         k = self.s2_crop
@@ -203,10 +239,10 @@ class Flair(Source):
 
     # -- reading ---------------------------------------------------------------------------------
     def read_tile(self, ref: TileRef) -> Tile:
-        rel_img, rel_msk, prefix = self._rels(ref)
-        aerial, (_, h, w), _ = self._aerial(rel_img, read=True)
-        sensors = {"aerial-flair": SensorArray(aerial[None], np.array([self._aerial_date(ref)], np.int32))}
-        sensors["s2"] = self._s2(ref, prefix)
+        rel_img, rel_msk, sen_dir = self._rels(ref)
+        aerial, (_, h, w), _, geo = self._aerial(rel_img, read=True)
+        sensors = {"aerial-flair": SensorArray(aerial[None], np.array([self._aerial_date(ref)], np.int32), geo=geo)}
+        sensors["s2"] = self._s2(ref, sen_dir)
         msk = self.read_raster(rel_msk)
         if msk.shape != (1, h, w) or msk.dtype.kind != "u":
             raise TileError(self.path(rel_msk), f"mask {msk.shape} {msk.dtype}, expected (1, {h}, {w}) unsigned")
@@ -219,12 +255,12 @@ class Flair(Source):
         return Tile(ref.id, ref.split, sensors, {"semantic": semantic, "nomenclature": raw})
 
     def probe(self, ref: TileRef) -> TileProbe:
-        rel_img, _, prefix = self._rels(ref)
-        _, (c, h, w), dt = self._aerial(rel_img, read=False)
+        rel_img, _, sen_dir = self._rels(ref)
+        _, (c, h, w), dt, geo = self._aerial(rel_img, read=False)
         self._aerial_date(ref)
         self._centroid(ref)
-        z = self._zone(prefix, header_only=True)
+        z = self._zone(sen_dir, header_only=True)
         k = self.s2_crop
-        sensors = {"aerial-flair": SensorProbe((1, c, h, w), dt.str, None, 1),
+        sensors = {"aerial-flair": SensorProbe((1, c, h, w), dt.str, None, 1, geo is not None),
                    "s2": SensorProbe((z["shape"][0], 10, k, k), z["dtype"].str, 1, len(z["days"]))}
         return TileProbe(sensors, {"semantic": ((h, w), "|u1"), "nomenclature": ((h, w), "|u1")})

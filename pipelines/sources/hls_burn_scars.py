@@ -60,6 +60,7 @@ def anysat_val_indices(n: int) -> set[int]:
 
 class HLSBurnScars(Source):
     name = "hls-burn-scars"
+    georef_note = "scene GeoTIFF grids (UTM, 30 m)"
 
     def __init__(self, root: str, storage_options: dict | None = None):
         super().__init__(root, storage_options)
@@ -175,11 +176,12 @@ class HLSBurnScars(Source):
         data = img.data[None]
         mask = valid_mask(data, img.nodata, INVALID_VALUES)
         days = np.array([yyyyddd_days(ref.info["date"])], np.int32)
-        return Tile(ref.id, ref.split, {"hls": SensorArray(data, days, mask)}, {"burn": lab.astype(np.int8)})
+        return Tile(ref.id, ref.split, {"hls": SensorArray(data, days, mask, img.geo)}, {"burn": lab.astype(np.int8)})
 
     def probe(self, ref: TileRef) -> TileProbe:
         img = self._scene_raster(ref, "image", False)
         msk = self._scene_raster(ref, "mask", False)
         self._check(ref, img, msk)
         c, h, w = img.shape
-        return TileProbe({"hls": SensorProbe((1, c, h, w), img.dtype.str, c, 1)}, {"burn": ((h, w), "|i1")})
+        return TileProbe({"hls": SensorProbe((1, c, h, w), img.dtype.str, c, 1, img.geo is not None)},
+                         {"burn": ((h, w), "|i1")})

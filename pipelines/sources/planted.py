@@ -95,6 +95,7 @@ def _npz_member(buf: bytes | memoryview) -> tuple[int, int, int, int, tuple[int,
 
 class Planted(Source):
     name = "planted"
+    georef_note = "none: the per-example .npz files carry no coordinates"
 
     def __init__(self, root: str, storage_options: dict | None = None, allow_pickle: bool = False):
         super().__init__(root, storage_options)

@@ -16,14 +16,20 @@ Two user-held layouts, detected automatically:
 * **AnySat**: the folders above plus ``{train,val,test}_dict.json`` = ``{"name": [tile], "s2_dates":
   [[YYYYMMDD]], "s1_dates": ..., "l8_dates": ...}`` (parallel lists). Tiles, splits and dates come from it.
 * **AI2**: no dict files. Tiles = ``naip/*.png``, split ``train`` (pre-training data, no official split),
-  dates from ``sentinel2.csv`` / ``sentinel1.csv`` / ``landsat.csv`` read as ``tile,index,scene_id`` (a
-  GUESSED schema, as AI2 does not document the columns: unknown columns give -1 dates and a warning).
+  dates from the scene tables ``sentinel2.csv`` / ``sentinel1.csv`` / ``landsat.csv``, read by their schema
+  (:data:`SCENE_TABLE`: one row per image, ``tile``, ``index`` = the image's band group in the tile's
+  stack, ``scene_id`` = the product name holding the date). A table with other columns is an error naming
+  the file and the columns it has (never silent -1 dates); a sensor without a table has dates -1.
 
 Each store sensor has one grid, so the 20 m (32 x 32) S2 bands and the Landsat multispectral bands are
 upsampled to 64 x 64 by exact 2 x 2 pixel replication (nearest): lossless (``x[..., ::2, ::2]`` recovers
 the archive), so a loader can reproduce AnySat's bilinear resize from the native pixels. Upsampled bands:
 ``s2`` B5, B6, B7, B8A, B11, B12; ``l8`` B1..B7, B9, B10, B11 (every band but the pan B8). Bands are then
 put in registry order (s2 B2..B12; l8 B8, B1..B7, B9..B11).
+
+Georeference: the GeoTIFFs' grids (UTM ``EPSG:{epsg}``); the NAIP PNG has none, but AI2's tile naming
+fixes it: tile ``{epsg}_{col}_{row}`` spans x ``col*640 .. +640`` and y ``-row*640 - 640 .. -row*640`` m,
+which at 512 px is the 1.25 m grid ``Affine(1.25, 0, col*640, 0, -1.25, -row*640)``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import re
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipelines.georef import GridRef
 from pipelines.sources.base import (SensorArray, SensorProbe, Source, Tile, TileError, TileProbe, TileRef,
                                    days_since_epoch)
 
@@ -52,6 +59,16 @@ CSV_FILES = {"s2": "sentinel2.csv", "s1": "sentinel1.csv", "l8": "landsat.csv"}
 T_FILES = {"s2": "sentinel2/{}_8.tif", "s1": "sentinel1/{}.tif", "l8": "landsat/{}_8.tif"}
 # s2: [B02 B03 B04 B08] + [B05 B06 B07 B8A B11 B12] -> B2 B3 B4 B5 B6 B7 B8 B8A B11 B12
 S2_ORDER = (0, 1, 2, 4, 5, 6, 3, 7, 8, 9)
+#: Columns of AI2's scene tables: tile id, band-group index in the tile's stack, product name (with its date).
+SCENE_TABLE = ("tile", "index", "scene_id")
+TILE_M, NAIP_PX = 640, 512
+
+
+def naip_grid(tile: str) -> GridRef:
+    """The NAIP PNG's grid from the tile id ``{epsg}_{col}_{row}`` (AI2's tiling)."""
+    epsg, col, row = (int(v) for v in tile.split("_"))
+    res = TILE_M / NAIP_PX
+    return GridRef(f"EPSG:{epsg}", (res, 0.0, col * TILE_M, 0.0, -res, -row * TILE_M))
 
 
 def upsample2(x: np.ndarray) -> np.ndarray:
@@ -67,6 +84,7 @@ def _scene_day(s: str) -> int:
 
 class S2NaipUrban(Source):
     name = "s2naip-urban"
+    georef_note = "GeoTIFF grids (UTM); the NAIP PNG's grid from AI2's tile id {epsg}_{col}_{row}"
 
     def __init__(self, root: str, storage_options: dict | None = None):
         super().__init__(root, storage_options)
@@ -111,31 +129,39 @@ class S2NaipUrban(Source):
                     refs[tile] = TileRef(tile, "train", {"layout": layout})
             if not refs:
                 raise FileNotFoundError(f"{self.root}: neither {{split}}_dict.json nor naip/*.png")
+            for sensor, rel in CSV_FILES.items():  # a wrong table fails the listing, not every tile
+                if self._csv_dates(sensor) is None:
+                    log.warning("s2naip: no %s: %s dates are stored as -1 (unknown)", self.path(rel), sensor)
         log.info("s2naip: %d tiles, layout=%s", len(refs), layout)
         return [refs[k] for k in sorted(refs)]
 
     # -- dates -----------------------------------------------------------------------------------
     def _csv_dates(self, sensor: str) -> dict[str, list[int]] | None:
-        """tile -> days in band-group order, from the AI2 CSV (guessed columns tile,index,scene_id)."""
+        """tile -> days in band-group order, from AI2's scene table (:data:`SCENE_TABLE`); ``None`` when the
+        archive has no table for ``sensor``. Other columns raise a :class:`TileError` naming them."""
         if sensor not in self._csv:
             rel = CSV_FILES[sensor]
             table = None
             if self.exists(rel):
                 with self.open(rel, mode="r") as f:
                     reader = csv.DictReader(f)
-                    cols = set(reader.fieldnames or ())
-                    if {"tile", "index", "scene_id"} <= cols:
-                        rows: dict[str, list[tuple[int, int]]] = {}
-                        for row in reader:
-                            try:
-                                rows.setdefault(row["tile"], []).append(
-                                    (int(row["index"]), _scene_day(row["scene_id"])))
-                            except ValueError as e:
-                                raise TileError(self.path(rel), f"bad row {row}: {e}") from None
-                        table = {t: [d for _, d in sorted(v)] for t, v in rows.items()}
-                    else:
-                        log.warning("s2naip: %s has columns %s, not tile,index,scene_id; %s dates = -1",
-                                    rel, sorted(cols), sensor)
+                    cols = [c.strip() for c in reader.fieldnames or ()]
+                    if sorted(cols) != sorted(SCENE_TABLE):
+                        raise TileError(self.path(rel), f"scene table columns {cols}, expected "
+                                                        f"{list(SCENE_TABLE)} (AI2's schema); cannot date {sensor}")
+                    rows: dict[str, list[tuple[int, int]]] = {}
+                    for line, row in enumerate(reader, start=2):
+                        row = {k.strip(): v for k, v in row.items()}
+                        try:
+                            rows.setdefault(row["tile"], []).append((int(row["index"]), _scene_day(row["scene_id"])))
+                        except (ValueError, TypeError) as e:
+                            raise TileError(self.path(rel), f"line {line}: {e}") from None
+                    table = {}
+                    for t, v in rows.items():
+                        idx = sorted(i for i, _ in v)
+                        if idx != list(range(len(idx))):
+                            raise TileError(self.path(rel), f"tile {t}: band-group indices {idx} are not 0..{len(idx) - 1}")
+                        table[t] = [d for _, d in sorted(v)]
             self._csv[sensor] = table
         return self._csv[sensor]
 
@@ -187,23 +213,23 @@ class S2NaipUrban(Source):
         if count % per_image:
             raise TileError(self.path(rel), f"{count} bands is not a multiple of {per_image} bands per image")
         shape = (count // per_image, per_image, h, w)
-        return (r.data.reshape(shape) if read else None), shape, r.dtype
+        return (r.data.reshape(shape) if read else None), shape, r.dtype, r.geo
 
     def _series(self, tile: str, read: bool) -> dict[str, tuple]:
-        """sensor -> (data or None, (T, C, H, W), dtype, mask channels)."""
+        """sensor -> (data or None, (T, C, H, W), dtype, mask channels, grid)."""
         out = {}
-        a, sa, da = self._stack(f"sentinel2/{tile}_8.tif", 4, read)
-        b, sb, db = self._stack(f"sentinel2/{tile}_16.tif", 6, read)
+        a, sa, da, ga = self._stack(f"sentinel2/{tile}_8.tif", 4, read)
+        b, sb, db, _ = self._stack(f"sentinel2/{tile}_16.tif", 6, read)
         if sa[0] != sb[0] or sb[2:] != (sa[2] // 2, sa[3] // 2) or da != db:
             raise TileError(self.path(f"sentinel2/{tile}_16.tif"),
                             f"{sb} {db} does not pair with _8.tif {sa} {da} (same T, half the grid)")
         s2 = np.concatenate([a, upsample2(b)], axis=1)[:, S2_ORDER] if read else None
-        out["s2"] = (s2, (sa[0], 10, *sa[2:]), da, 1)
+        out["s2"] = (s2, (sa[0], 10, *sa[2:]), da, 1, ga)
         # Landsat and S1 are optional: a tile without them keeps the sensor absent (dates -1 in the store)
         # rather than being quarantined; a present but broken file is still an error.
         try:
-            p, sp, dp = self._stack(f"landsat/{tile}_8.tif", 1, read)
-            m, sm, dm = self._stack(f"landsat/{tile}_16.tif", 10, read)
+            p, sp, dp, gp = self._stack(f"landsat/{tile}_8.tif", 1, read)
+            m, sm, dm, _ = self._stack(f"landsat/{tile}_16.tif", 10, read)
         except TileError:
             if self.exists(f"landsat/{tile}_8.tif") or self.exists(f"landsat/{tile}_16.tif"):
                 raise
@@ -214,39 +240,39 @@ class S2NaipUrban(Source):
             dl = np.result_type(dp, dm)
             l8 = (np.concatenate([p.astype(dl, copy=False), upsample2(m).astype(dl, copy=False)], axis=1)
                   if read else None)
-            out["l8"] = (l8, (sp[0], 11, *sp[2:]), dl, 1)
+            out["l8"] = (l8, (sp[0], 11, *sp[2:]), dl, 1, gp)
         try:
-            s1, s1s, d1 = self._stack(f"sentinel1/{tile}.tif", 2, read)
+            s1, s1s, d1, g1 = self._stack(f"sentinel1/{tile}.tif", 2, read)
         except TileError:
             if self.exists(f"sentinel1/{tile}.tif"):
                 raise
         else:
-            out["s1"] = (s1, s1s, d1, 2)
+            out["s1"] = (s1, s1s, d1, 2, g1)
         return out
 
     # -- reading ---------------------------------------------------------------------------------
     def read_tile(self, ref: TileRef) -> Tile:
         naip, _ = self._naip(ref.id, read=True)
-        sensors = {"naip": SensorArray(naip[None], np.full(1, -1, np.int32))}
+        sensors = {"naip": SensorArray(naip[None], np.full(1, -1, np.int32), geo=naip_grid(ref.id))}
         series = self._series(ref.id, read=True)
         if not self._fingerprinted:
             self._fingerprinted = True
             log.info("s2naip format fingerprint: %s layout=%s naip %s %s; %s", ref.id, ref.info["layout"],
                      naip.shape, naip.dtype, {k: (v[1], str(v[2])) for k, v in series.items()})
-        for key, (data, shape, _dt, _mc) in series.items():
+        for key, (data, shape, _dt, _mc, geo) in series.items():
             days = self._dates(ref, key, shape[0], self.path(T_FILES[key].format(ref.id)))
             if key == "s1":
                 mask = np.isfinite(data)
             else:
                 # an all-zero pixel across bands is outside the scene footprint
                 mask = (data != 0).any(axis=1, keepdims=True)
-            sensors[key] = SensorArray(np.ascontiguousarray(data), days, mask)
+            sensors[key] = SensorArray(np.ascontiguousarray(data), days, mask, geo)
         return Tile(ref.id, ref.split, sensors, {})
 
     def probe(self, ref: TileRef) -> TileProbe:
         _, (c, h, w) = self._naip(ref.id, read=False)
-        sensors = {"naip": SensorProbe((1, c, h, w), "|u1", None, 1)}
-        for key, (_, shape, dtype, mc) in self._series(ref.id, read=False).items():
+        sensors = {"naip": SensorProbe((1, c, h, w), "|u1", None, 1, True)}
+        for key, (_, shape, dtype, mc, geo) in self._series(ref.id, read=False).items():
             days = self._dates(ref, key, shape[0], self.path(T_FILES[key].format(ref.id)))
-            sensors[key] = SensorProbe(tuple(shape), np.dtype(dtype).str, mc, len(days))
+            sensors[key] = SensorProbe(tuple(shape), np.dtype(dtype).str, mc, len(days), geo is not None)
         return TileProbe(sensors, {})

@@ -54,6 +54,7 @@ def band_index(r: Raster, expected: tuple[str, ...], where: str) -> dict[str, in
 
 class Sen1Floods11(Source):
     name = "sen1floods11"
+    georef_note = "S1Hand / S2Hand GeoTIFF grids (EPSG:4326 chips)"
 
     def __init__(self, root: str, storage_options: dict | None = None):
         super().__init__(root, storage_options)
@@ -139,7 +140,7 @@ class Sen1Floods11(Source):
         for key, r, idx, day in (("s2", s2, i2, d["s2"]), ("s2-aux", s2, i2, d["s2"]), ("s1", s1, i1, d["s1"])):
             bands = get_sensor(key).raw_bands
             data = np.ascontiguousarray(r.data[[idx[b] for b in bands]])[None]
-            sensors[key] = SensorArray(data, np.array([day], np.int32), valid_mask(data, r.nodata))
+            sensors[key] = SensorArray(data, np.array([day], np.int32), valid_mask(data, r.nodata), r.geo)
         y = lab.data[0]
         if y.dtype.kind == "f" and not np.all(np.isfinite(y) & (y == np.round(y))):
             raise TileError(pl, "non-integer label values")
@@ -153,7 +154,7 @@ class Sen1Floods11(Source):
         _, h, w = s1.shape
         band_index(s2, S2_PRODUCT, self.path(f"{self.prefix}{HAND}/S2Hand/{ref.id}_S2Hand.tif"))
         band_index(s1, S1_PRODUCT, self.path(f"{self.prefix}{HAND}/S1Hand/{ref.id}_S1Hand.tif"))
-        return TileProbe({"s2": SensorProbe((1, 10, h, w), s2.dtype.str, 10, 1),
-                          "s2-aux": SensorProbe((1, 3, h, w), s2.dtype.str, 3, 1),
-                          "s1": SensorProbe((1, 2, h, w), s1.dtype.str, 2, 1)},
+        return TileProbe({"s2": SensorProbe((1, 10, h, w), s2.dtype.str, 10, 1, s2.geo is not None),
+                          "s2-aux": SensorProbe((1, 3, h, w), s2.dtype.str, 3, 1, s2.geo is not None),
+                          "s1": SensorProbe((1, 2, h, w), s1.dtype.str, 2, 1, s1.geo is not None)},
                          {"water": ((h, w), "|i1")})

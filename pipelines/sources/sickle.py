@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from anysat.sensors import get_sensor
+from pipelines.georef import GridRef
 from pipelines.sources.base import SensorArray, Source, Tile, TileError, TileRef, days_since_epoch
 from pipelines.sources.pixels import nearest_resize
 
@@ -68,6 +69,8 @@ def name_date(stem: str, tokens: tuple[int, ...]) -> int | None:
 
 class Sickle(Source):
     name = "sickle"
+    georef_note = ("the 10 m mask GeoTIFF's grid (UTM 44N), resampled to the 32 x 32 grid every sensor is stored "
+                   "on; the .npz acquisitions carry none; uids without a mask file have no georeference")
 
     def __init__(self, root: str, storage_options: dict | None = None):
         super().__init__(root, storage_options)
@@ -157,10 +160,11 @@ class Sickle(Source):
                     data[t, c] = p
         return SensorArray(data, np.array([d for d, _ in dated], np.int32), np.stack(masks))
 
-    def _labels(self, ref: TileRef) -> dict[str, np.ndarray]:
+    def _labels(self, ref: TileRef) -> tuple[dict[str, np.ndarray], GridRef | None]:
+        """The labels and the 32 x 32 grid they (and every sensor) are stored on."""
         rel = f"masks/10m/{ref.id}.tif"
         if not self.exists(rel):
-            return {}  # SICKLE withholds the test labels
+            return {}, None  # SICKLE withholds the test labels
         r = self.read_raster(rel)
         if r.shape[0] != 6:
             raise TileError(self.path(rel), f"{r.shape[0]} bands, expected 6 (plot, crop, sowing, transplanting, "
@@ -171,7 +175,8 @@ class Sickle(Source):
         keep = (plot > 0) & np.isin(plot, split_plots) & (crop >= 1)
         paddy = np.full((GRID, GRID), -1, np.int8)
         paddy[keep] = (crop[keep] > 1).astype(np.int8)
-        return {"paddy": paddy, "masks_10m": np.ascontiguousarray(m)}
+        grid = None if r.geo is None else r.geo.resampled(r.shape[1], r.shape[2], GRID, GRID)
+        return {"paddy": paddy, "masks_10m": np.ascontiguousarray(m)}, grid
 
     def read_tile(self, ref: TileRef) -> Tile:
         sensors = {}
@@ -181,4 +186,7 @@ class Sickle(Source):
                 sensors[key] = arr
         if not sensors:
             raise TileError(self.path(f"images/*/npy/{ref.id}"), "no acquisition for this uid")
-        return Tile(ref.id, ref.split, sensors, self._labels(ref))
+        labels, grid = self._labels(ref)
+        for arr in sensors.values():  # every sensor is resized onto the label grid
+            arr.geo = grid
+        return Tile(ref.id, ref.split, sensors, labels)

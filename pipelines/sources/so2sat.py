@@ -36,6 +36,7 @@ S1_MODEL = [2, 0]  # VV real, VH real
 
 class So2Sat(Source):
     name = "so2sat"
+    georef_note = "none: the v2 HDF5 files carry no coordinates (v4 adds geolocation)"
 
     def __init__(self, root: str, storage_options: dict | None = None):
         super().__init__(root, storage_options)

@@ -58,6 +58,7 @@ def _stem_key(name: str):
 
 class TimeSen2Crop(Source):
     name = "timesen2crop"
+    georef_note = "none: pixel CSVs carry no coordinates (only the S2 tile name)"
 
     def __init__(self, root: str, storage_options: dict | None = None):
         super().__init__(root, storage_options)

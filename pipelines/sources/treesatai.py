@@ -57,6 +57,7 @@ def product_days(products, path: str) -> np.ndarray:
 
 class TreeSatAITS(Source):
     name = "treesatai-ts"
+    georef_note = "aerial GeoTIFF grid (0.2 m); the Sentinel HDF5 series carry no grid"
 
     #: S2 pixels whose snow or cloud probability (0-100) reaches this value are marked invalid.
     cloud_threshold = 60.0
@@ -134,7 +135,7 @@ class TreeSatAITS(Source):
             raise TileError(self.path(rel), f"aerial must have 4 bands (IR, G, B, R), got {r.shape[0]}")
         if r.dtype != np.uint8:
             raise TileError(self.path(rel), f"aerial dtype {r.dtype}, expected uint8")
-        return r.data, r.shape, r.dtype
+        return r.data, r.shape, r.dtype, r.geo
 
     def _series(self, rel: str, stem: str, layout: str, read: bool) -> dict[str, tuple]:
         """sensor -> (data or shape, days, dtype); validated shapes and date counts."""
@@ -221,8 +222,8 @@ class TreeSatAITS(Source):
     def read_tile(self, ref: TileRef) -> Tile:
         self._check_ref(ref)
         name = ref.info["name"]
-        aerial, _, _ = self._aerial(f"aerial/{name}")
-        sensors = {"aerial": SensorArray(aerial[None], np.full(1, -1, np.int32))}
+        aerial, _, _, geo = self._aerial(f"aerial/{name}")
+        sensors = {"aerial": SensorArray(aerial[None], np.full(1, -1, np.int32), geo=geo)}
         series = self._series(ref.info["h5"], ref.id, ref.info["layout"], read=True)
         s2, s2_days = series["s2"][:2]
         probs = series["s2-mask"][0][:, :2]
@@ -238,8 +239,8 @@ class TreeSatAITS(Source):
         """Headers only: the aerial GeoTIFF header and the HDF5 dataset shapes and product lists."""
         self._check_ref(ref)
         name = ref.info["name"]
-        _, (c, h, w), dtype = self._aerial(f"aerial/{name}", read=False)
-        sensors = {"aerial": SensorProbe((1, c, h, w), dtype.str, None, 1)}
+        _, (c, h, w), dtype, geo = self._aerial(f"aerial/{name}", read=False)
+        sensors = {"aerial": SensorProbe((1, c, h, w), dtype.str, None, 1, geo is not None)}
         series = self._series(ref.info["h5"], ref.id, ref.info["layout"], read=False)
         _, days, shape, dtype = series["s2"]
         sensors["s2"] = SensorProbe(tuple(shape), dtype.str, 1, len(days))

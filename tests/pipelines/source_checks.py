@@ -24,6 +24,8 @@ def assert_probe_matches(source, ref, tile) -> None:
         assert p.shape == arr.data.shape and np.dtype(p.dtype) == arr.data.dtype, key
         assert p.dates == arr.dates.shape[0], key
         assert p.mask_channels == (None if arr.mask is None else arr.mask.shape[1]), key
+        assert p.georeferenced == (arr.geo is not None), key  # the store sizes geo arrays from the probe
+    assert probe.footprint == (tile.footprint is not None)
     assert set(probe.labels) == set(tile.labels)
     for name, v in tile.labels.items():
         v = np.asarray(v)
@@ -36,7 +38,8 @@ def check_contract(dataset: str, tile) -> None:
     assert set(tile.sensors) <= set(spec.sensors)
     for key, arr in tile.sensors.items():
         s = get_sensor(key)
-        assert arr.data.ndim == 4 and arr.data.shape[1] in (len(s.bands), len(s.raw_bands)), key
+        widths = {len(s.bands), len(s.raw_bands), len(spec.archive_bands.get(key, ()))}
+        assert arr.data.ndim == 4 and arr.data.shape[1] in widths, key
         assert arr.dates.dtype == np.int32 and arr.dates.shape == (arr.data.shape[0],)
         if arr.mask is not None:
             assert arr.mask.dtype == bool and arr.mask.shape[1] in (1, arr.data.shape[1])

@@ -79,7 +79,12 @@ def test_implausible_tiles_are_quarantined_with_sensor_and_value(damaged, tmp_pa
     for key in r.sensors:
         d = r.read(0, len(r), sensors=[key], labels=False, tiles=False)[f"{key}/dates"]
         assert ((d == -1) | ((d >= 0) & (d <= 47846))).all(), key
-    for line in printed.splitlines()[1:]:
+    lines = printed.splitlines()[1:]
+    # the ingest reports how many tiles have each sensor (optional sensors may be absent)
+    n = r.meta.n_written
+    assert lines[0] == "  sensors: " + ", ".join(f"{k} {n}/{n} tiles" for k in r.sensors)
+    assert all(r.meta.sensors[k].n_tiles == n for k in r.sensors)
+    for line in lines[1:]:
         assert line.startswith("  quarantined ") and ": " in line  # file + reason, today's style
 
 

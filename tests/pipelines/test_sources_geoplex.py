@@ -235,7 +235,7 @@ def test_pastis_tiles_match_raw_files(pastis):
         np.testing.assert_array_equal(got["s2"].data, s2)
         np.testing.assert_array_equal(got["s2"].mask, (s2 != -10000).all(axis=1, keepdims=True))
         np.testing.assert_array_equal(got["s1"].data, s1a)             # VV, VH, VV-VH as stored
-        np.testing.assert_array_equal(got["s1-des"].data, s1d[:, :2])  # store-only sensor: VV, VH
+        np.testing.assert_array_equal(got["s1-des"].data, s1d)  # store-only sensor, every channel: VV, VH, VV-VH
         np.testing.assert_array_equal(got["spot"].data[0], spot)
         assert got["s2"].dates.tolist() == dates["dates-S2"]
         assert got["s1"].dates.tolist() == dates["dates-S1A"]

@@ -77,5 +77,9 @@ def test_meta_must_match_the_layout_and_the_format(tmp_path):
     layout = st.StoreLayout("x", 4, 2, {})
     with pytest.raises(ValueError, match="do not match the layout"):
         st.create_store(str(tmp_path / "a.zarr"), layout, st.StoreMeta("x", 5, 2, {}))
-    with pytest.raises(st.StoreFormatError, match="format_version 2"):
-        st.StoreMeta.from_attrs({**V1_DATASET_ATTRS, "format_version": 2})
+    with pytest.raises(st.StoreFormatError, match="format_version 3"):
+        st.StoreMeta.from_attrs({**V1_DATASET_ATTRS, "format_version": 3})
+    # version 1 (no georeference) stays readable and keeps its version when its attributes are rewritten
+    v1 = st.StoreMeta.from_attrs(copy.deepcopy(V1_DATASET_ATTRS))
+    assert v1.format_version == 1 and v1.georef is None
+    assert v1.replace(status="complete").to_attrs()["format_version"] == 1

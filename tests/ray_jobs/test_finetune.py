@@ -16,6 +16,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from pipelines.store import FORMAT_VERSION
 from ray_jobs.task import FT_STATE_FILE
 from ray_jobs_helpers import REPO
 
@@ -81,7 +82,7 @@ def test_ft_planted_from_scratch_above_chance(ray_session, planted_store, tmp_pa
     assert run.info.status == "FINISHED"
     p, m = run.data.params, run.data.metrics
     assert p["mode"] == "ft" and p["encoder.source"] == "scratch" and p["task.resolved.loss"] == "ce"
-    assert p["store.planted.format_version"] == "1"
+    assert p["store.planted.format_version"] == str(FORMAT_VERSION)
     for k in ("train/loss", "train/lr", "val/loss", "val/f1_macro", "val/oa", "test/loss", "test/oa",
               "test/f1_macro", "test/f1_macro_paper", "test/f1_micro", "test/f1_weighted"):
         assert k in m, (k, sorted(m))

@@ -13,6 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from pipelines.store import FORMAT_VERSION
 from ray_jobs import pretrain
 from ray_jobs.runtime import CHECKPOINT_FILE, load_checkpoint_state
 from ray_jobs_helpers import REPO, TINY, both_datasets_seed, tiny_overrides
@@ -65,7 +66,8 @@ def test_ddp_fit_s3_stores_s3_checkpoints_mlflow(ray_session, s3_server, s3_stor
     # params: flattened config + store versions + git commit, never credentials
     p = run.data.params
     assert p["train.max_steps"] == "4" and p["num_workers"] == "2" and p["model.size"] == "tiny"
-    assert p["store.planted.format_version"] == "1" and p["store.treesatai-ts.sensors"] == "aerial,s2,s1-asc"
+    assert p["store.planted.format_version"] == str(FORMAT_VERSION)
+    assert p["store.treesatai-ts.sensors"] == "aerial,s2,s1-asc"
     assert "git_commit" in p
     assert not [k for k in p if "secret" in k or k.endswith(".key")]
     assert "testing" not in json.dumps(p)  # the (dummy) S3 credentials

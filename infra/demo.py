@@ -8,7 +8,9 @@
 4. submits tiny JEPA pretraining with `ray job submit`, then a fine-tune of its EMA teacher on
    PLANTED, then the test-split evaluation — exactly the commands one would send to a real cluster;
 5. logs everything to a local MLflow (sqlite file in the repo), prints where to look, and stops
-   what it started.
+   what it started;
+6. predicts over a small synthetic multi-date S2 + S1 scene (GeoTIFFs) with the fine-tuned model
+   (`ray_jobs.predict`, submitted the same way) and draws the georeferenced class map it wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import rasterio
+import xarray as xr
+from rasterio.crs import CRS
 
 from infra import local_stack
 
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="data/demo", help="where archives, stores and runs go")
     ap.add_argument("--pretrain-steps", type=int, default=40)
     ap.add_argument("--finetune-steps", type=int, default=60)
+    ap.add_argument("--scene-px", type=int, default=96, help="side of the synthetic scene, 10 m pixels")
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     raw, stores, runs = work / "raw", work / "stores", work / "runs"
     tracking = f"sqlite:///{REPO / 'mlflow.db'}"
     py = sys.executable
-    n = 6
+    n = 7
 
     _step(1, n, "sample archives in the real raw formats")
     for name, tiles in DATASETS.items():
@@ -93,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
         _step(6, n, "evaluate on the test split (metrics, confusion matrix, per-class table)")
         _run(submit + ["python", "-m", "ray_jobs.evaluate", *ft], env=env)
+
+        _step(7, n, f"predict over a synthetic {args.scene_px * 10} m scene: windows in, a georeferenced Zarr map out")
+        scene, map_url = _predict(py, submit, ft, work, args.scene_px, env)
     finally:
         if not was_running:
             local_stack.down(state_dir)
@@ -102,7 +112,54 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  Zarr stores  : {stores}   (xarray.open_zarr('{stores}/planted.zarr', group='s2'))")
     print(f"  checkpoints  : {runs}/geoplex-tiny, {runs}/planted-cls-ft-tiny")
     print(f"  MLflow       : {tracking}  ->  `make mlflow-ui`, then open http://127.0.0.1:5001")
+    print(f"  scene map    : {map_url}   (rioxarray: xarray.open_zarr(..., decode_coords='all').rio.crs), "
+          f"class map COG {work / 'predict/class.tif'}, picture {work / 'predict/class_map.png'}")
+    print(f"  scene        : {scene}")
     return 0
+
+
+def _predict(py: str, submit: list[str], ft: list[str], work: Path, size: int,
+             env: dict[str, str]) -> tuple[Path, Path]:
+    """Step 7: a synthetic scene, `ray_jobs.predict` with the fine-tuned model, a picture of the map."""
+    scene_dir, out = work / "scene", work / "predict"
+    _run([py, "-m", "pipelines.scenegen", "--out", str(scene_dir), "--size", str(size)])
+    # The fine-tuning config brings the training store's statistics and the 120 m tile as the window.
+    map_url = out / "map.zarr"
+    _run(submit + ["python", "-m", "ray_jobs.predict", "--model", str(work / "runs/planted-cls-ft-tiny"),
+                   "--inputs", str(scene_dir / "scene.yaml"), "--out", str(map_url), "--output", "probability",
+                   "--overlap-m", "40", "--cog", str(out / "class.tif"), "--overwrite", *ft], env=env)
+    draw_map(map_url, scene_dir / "fields.tif", out / "class_map.png")
+    return scene_dir / "scene.yaml", map_url
+
+
+def draw_map(map_url: Path, fields: Path, png: Path) -> None:
+    """The predicted class map beside the scene's true fields, in map coordinates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ds = xr.open_zarr(map_url, consolidated=False, decode_coords="all")
+    with rasterio.open(fields) as src:
+        truth, b = src.read(1), src.bounds
+    pred = ds["class"].values
+    crs = CRS.from_wkt(ds["spatial_ref"].attrs["crs_wkt"]).to_string()
+    x, y = ds["x"].values, ds["y"].values
+    res = float(x[1] - x[0]) if len(x) > 1 else 10.0
+    extent = (x[0] - res / 2, x[-1] + res / 2, y[-1] - res / 2, y[0] + res / 2)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.4), constrained_layout=True)
+    for ax, img, ext, title in ((axes[0], truth, (b.left, b.right, b.bottom, b.top), "true fields (class)"),
+                                (axes[1], pred, extent, "predicted class map (ray_jobs.predict)")):
+        im = ax.imshow(img, extent=ext, cmap="viridis", vmin=0, vmax=39, interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(f"x (m, {crs})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.ticklabel_format(useOffset=False, style="plain")
+    axes[0].set_ylabel("y (m)", fontsize=8)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="PLANTED class index")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,28 @@
 back as a store of the same format (``pipelines.store``), aligned tile-for-tile with the input.
 
     python -m ray_jobs.embed --config configs/finetune/<experiment>.yaml [--set key=value ...] \\
-        --out <folder | s3://prefix> [--output tile|patch|segmentation] [--splits train,val,test] \\
-        [--checkpoint <fine-tuning run | checkpoint | state.pt>] [--encoder-only] [--weights best|last]
+        --out <folder | s3://prefix> [--output tile|patch|dense|segmentation] [--splits train,val,test] \\
+        [--checkpoint <fine-tuning run | checkpoint | state.pt>] [--encoder-only] [--weights best|last] [--no-mlflow]
 
 The model comes from the fine-tuning checkpoint (default ``<storage_path>/<name>``, best weights), or
 with ``--encoder-only`` straight from the config's ``encoder`` section (scratch / pretraining
 checkpoint / MLflow / official weights) — embeddings of a pretrained encoder need no fine-tuning.
 
-Pipeline: the training streams' read tasks (:class:`ray_jobs.data.ReadRange`: one shard range per
-task, evaluation crops, no temporal dropout) -> ``map_batches`` on an actor pool (:class:`Predictor`,
-model loaded once per actor from the object store) -> the driver collects rows per output shard and
-writes each shard once it is complete (:func:`pipelines.store.write_block`), so memory holds only
-the shards in flight.
+Pipeline: one Ray Data row per store shard -> an actor pool (:class:`ShardEmbedder`, model loaded
+once per actor from the object store) that reads the shard with the training streams' reader
+(:class:`ray_jobs.data.ReadRange`: evaluation crops, no temporal dropout), runs it in batches and
+writes the output shard itself (:func:`pipelines.store.write_block`): every actor writes in
+parallel, the driver only counts, and memory holds one shard per actor. The actor reads its own
+shard so that no block boundary can split a shard between two writers. The run (model, store,
+output, tiles/s) is logged to MLflow (experiment ``anysat-inference``) unless ``--no-mlflow``.
 
 Output store ``<out>/<dataset>.zarr``: the input's ``n_tiles``, ``tiles_per_shard``, ``tiles/id`` and
 ``tiles/split``; tiles of splits not selected keep the fill value. Embeddings are stored as a
 single-date "sensor" so any store reader understands them: ``anysat-tile/data`` ``(N, 1, D, 1, 1)``
-(resolution = the tile) or ``anysat-patch/data`` ``(N, 1, D, n, n)`` (resolution = the patch size), both
-float32; segmentation maps as ``labels/<label>`` ``(N, H, W)`` int16 class indices (-1 = not
-predicted), with the task's classes and ignore index in the array attributes. The root attribute
+(resolution = the tile), ``anysat-patch/data`` ``(N, 1, D, n, n)`` (resolution = the patch size) or
+``anysat-dense/data`` ``(N, 1, 2D, m, m)`` (dense features of the first sensor, or the task's
+``output_modality``: patch token ‖ sub-patch feature per sub-patch), all float32; segmentation maps
+as ``labels/<label>`` ``(N, H, W)`` int16 class indices (-1 = not predicted), with the task's classes and ignore index in the array attributes. The root attribute
 ``embedding`` (:class:`pipelines.store.EmbeddingMeta`) describes the model and options.
 """
 
@@ -35,6 +38,8 @@ import numpy as np
 import ray
 import ray.data
 import torch
+import zarr
+from tqdm import tqdm
 
 from anysat import AnySat
 from pipelines import store as st
@@ -42,18 +47,20 @@ from ray_jobs.cli import entrypoint_parser, run_cli, script
 from ray_jobs.cluster import check_gpus, init_ray
 from ray_jobs.data import ReadRange, collate, quiet_ray_data, stream_items
 from ray_jobs.finetune_config import FinetuneConfig, ResolvedTask
+from ray_jobs.inference_log import log_inference
 from ray_jobs.plan import DataPlan
 from ray_jobs.task import load_encoder, load_finetuned, model_from_state, prepare_task
 
-__all__ = ["main", "Predictor"]
+__all__ = ["main", "Predictor", "ShardEmbedder"]
 
-OUTPUTS = ("tile", "patch", "segmentation")
+OUTPUTS = ("tile", "patch", "dense", "segmentation")
 
 
 class Predictor:
     """Ray Data actor: numpy rows of the read tasks -> ``{"tile", "value"}``."""
 
-    def __init__(self, model_spec: dict, plan: DataPlan, output: str, patch_size_m: int, use_gpu: bool = False):
+    def __init__(self, model_spec: dict, plan: DataPlan, output: str, patch_size_m: int, use_gpu: bool = False,
+                 dense_modality: str | None = None):
         spec = ray.get(model_spec["ref"]) if "ref" in model_spec else model_spec
         attention = spec.get("attention") or "tokens"
         if spec["kind"] == "finetuned":
@@ -67,6 +74,7 @@ class Predictor:
             if m is not None:
                 m.to(self.device).eval()
         self.plan, self.output, self.patch = plan, output, int(patch_size_m)
+        self.dense_modality = dense_modality
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x, pad = collate(batch, self.plan, self.device)
@@ -74,7 +82,8 @@ class Predictor:
             if self.output == "segmentation":
                 y = self.model(x, pad_mask=pad).argmax(1).to(torch.int16)
             else:
-                y = self.encoder(x, patch_size=self.patch, output=self.output, pad_mask=pad).float()
+                y = self.encoder(x, patch_size=self.patch, output=self.output, pad_mask=pad,
+                                 output_modality=self.dense_modality).float()
                 y = y[:, :, None, None] if self.output == "tile" else y.permute(0, 3, 1, 2)  # (B, D, n, n)
         return {"tile": batch["tile"], "value": y.cpu().numpy()}
 
@@ -139,12 +148,51 @@ def _layout(source: st.StoreMeta, plan: DataPlan, task: ResolvedTask, output: st
         labels[label] = st.LabelLayout(label, "segmentation", list(task.classes), list(first.shape[-2:]), "int16",
                                        ignore_index=None)
     else:
-        dim = int(first.shape[1])
-        n = 1 if output == "tile" else int(round(plan.tile_m / task.patch_size_m))
-        res = plan.tile_m if output == "tile" else float(task.patch_size_m)
+        dim, n = int(first.shape[1]), int(first.shape[-1])  # dense: n = patches x sub-patches per side
+        res = plan.tile_m / n
         key = f"anysat-{output}"
         sensors[key] = st.SensorLayout(key, 1, dim, n, n, "float32", [f"e{i}" for i in range(dim)], res, False)
     return st.StoreLayout(source.dataset, source.n_tiles, source.tiles_per_shard, sensors, labels)
+
+
+class ShardEmbedder:
+    """Ray Data actor: store shard ranges -> read, predicted in batches, written as output shards."""
+
+    def __init__(self, model_spec: dict, plan: DataPlan, output: str, patch_size_m: int, splits: tuple[str, ...],
+                 seed: int, out_url: str, storage_options: dict | None, layout: st.StoreLayout, label: str | None,
+                 use_gpu: bool = False, dense_modality: str | None = None):
+        self.predict = Predictor(model_spec, plan, output, patch_size_m, use_gpu, dense_modality)
+        self.read = ReadRange(plan, splits, False, seed)
+        src = st.StoreReader(plan.url, plan.storage_options)
+        self.ids, self.splits = src.ids(), src.splits()
+        self.root = zarr.open_group(st.zarr_store(out_url, storage_options), mode="r+", zarr_format=3)
+        self.plan, self.output, self.layout, self.label = plan, output, layout, label
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shards, written = [], []
+        for j in range(len(batch["start"])):
+            item = {k: int(v[j]) for k, v in batch.items()}
+            block = self.read.read_item(item)
+            rows: list[tuple[int, np.ndarray]] = []
+            for b in range(0, len(block["tile"]), self.plan.batch_size):
+                y = self.predict({k: v[b:b + self.plan.batch_size] for k, v in block.items()})
+                rows += [(int(t), v) for t, v in zip(y["tile"], y["value"])]
+            s = item["start"] // self.plan.tiles_per_shard
+            written.append(_write_shard(self.root, self.layout, s, rows, self.ids, self.splits, self.output,
+                                        self.label))
+            shards.append(s)
+        return {"shard": np.array(shards), "tiles": np.array(written)}
+
+
+def _first_output(job: _Job, plan: DataPlan, dense: str | None) -> np.ndarray:
+    """The output of one tile, computed in the driver: the output store's shapes."""
+    read = ReadRange(plan, job.splits, False, job.cfg.seed)
+    for item in stream_items(plan, job.splits, False, 0, 1, job.cfg.seed, 0):
+        block = read.read_item(item)
+        if len(block["tile"]):
+            probe = Predictor(job.model_spec, plan, job.args.output, job.task.patch_size_m, False, dense)
+            return probe({k: v[:1] for k, v in block.items()})["value"]
+    raise ValueError(f"no tiles in splits {list(job.splits)}")
 
 
 def _run(job: _Job) -> int:
@@ -155,59 +203,47 @@ def _run(job: _Job) -> int:
     quiet_ray_data()
     t0 = time.perf_counter()
     reader = st.StoreReader(plan.url, plan.storage_options)
-    ref = ray.put(job.model_spec)
     plan = plan.replace(batch_size=args.batch_size or plan.batch_size)
-
-    # one dataset over every selected split; each read task keeps one split of one shard range
-    parts = []
-    for split in job.splits:
-        items = stream_items(plan, split, False, 0, 1, cfg.seed, 0)
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        parts.append(ds.map_batches(ReadRange(plan, split, False, cfg.seed), batch_size=1, batch_format="numpy",
-                                    num_cpus=cfg.data.read_num_cpus))
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    ds = ds.map_batches(Predictor, fn_constructor_kwargs={"model_spec": {"ref": ref}, "plan": plan,
-                                                          "output": args.output,
-                                                          "patch_size_m": task.patch_size_m,
-                                                          "use_gpu": cfg.use_gpu},
-                        batch_size=plan.batch_size, batch_format="numpy", concurrency=args.concurrency,
-                        num_cpus=args.num_cpus, num_gpus=1 if cfg.use_gpu else 0)
-
-    # expected tiles per output shard, so a shard is written as soon as all its rows arrived
-    expected = dict(enumerate(int(c) for c in plan.shard_counts(job.splits)))
-    ids, all_splits, tps = reader.ids(), reader.splits(), plan.tiles_per_shard
-    so = cfg.data.storage_options if st.is_remote(job.out_url) else None
-    pending: dict[int, list[tuple[int, np.ndarray]]] = {}
-    got: dict[int, int] = {}
-    root, layout, meta, written = None, None, None, 0
+    dense = (task.output_modality or next(k for k, s in plan.sensors.items() if not s.context)) \
+        if args.output == "dense" else None
     label = f"{task.label}_pred" if args.output == "segmentation" else None
-    for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        tiles, vals = block["tile"], block["value"]
-        if not len(tiles):
-            continue
-        if root is None:  # the shapes are known from the first result
-            layout = _layout(reader.meta, plan, task, args.output, vals, label)
-            meta = st.StoreMeta.for_layout(
-                layout, task=reader.meta.task, tile_m=plan.tile_m,
-                embedding=st.EmbeddingMeta(source_store=plan.url, model=job.description, output=args.output,
-                                           patch_size_m=task.patch_size_m, splits=job.splits,
-                                           sensors=tuple(plan.sensors)))
-            root = st.create_store(job.out_url, layout, meta, so)
-        for t, v in zip(tiles, vals):
-            s = int(t) // tps
-            pending.setdefault(s, []).append((int(t), v))
-            got[s] = got.get(s, 0) + 1
-            if got[s] == expected[s]:
-                written += _write_shard(root, layout, s, pending.pop(s), ids, all_splits, args.output, label)
-    for s in [s for s, e in expected.items() if e and s in pending]:  # never happens unless rows went missing
-        raise RuntimeError(f"shard {s}: {got.get(s, 0)} of {expected[s]} rows arrived")
-    # shards without any selected tile still get their ids/splits
-    for s, e in expected.items():
-        if e == 0:
-            _write_shard(root, layout, s, [], ids, all_splits, args.output, label)
+    layout = _layout(reader.meta, plan, task, args.output, _first_output(job, plan, dense), label)
+    meta = st.StoreMeta.for_layout(
+        layout, task=reader.meta.task, tile_m=plan.tile_m,
+        embedding=st.EmbeddingMeta(source_store=plan.url, model=job.description, output=args.output,
+                                   patch_size_m=task.patch_size_m, splits=job.splits, sensors=tuple(plan.sensors)))
+    so = cfg.data.storage_options if st.is_remote(job.out_url) else None
+    st.create_store(job.out_url, layout, meta, so)
+
+    # every store shard, with or without selected tiles (those still get their ids and splits)
+    items = stream_items(plan, job.splits, False, 0, 1, cfg.seed, 0)
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map_batches(ShardEmbedder, fn_constructor_kwargs={
+        "model_spec": {"ref": ray.put(job.model_spec)}, "plan": plan, "output": args.output,
+        "patch_size_m": task.patch_size_m, "splits": job.splits, "seed": cfg.seed, "out_url": job.out_url,
+        "storage_options": so, "layout": layout, "label": label, "use_gpu": cfg.use_gpu, "dense_modality": dense},
+        batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=args.concurrency),
+        num_cpus=args.num_cpus, num_gpus=1 if cfg.use_gpu else 0)
+    expected = int(plan.shard_counts(job.splits).sum())
+    written, shards = 0, 0
+    with tqdm(total=expected, unit="tile", desc="tiles", disable=args.no_progress) as bar:
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            written += int(b["tiles"].sum())
+            shards += len(b["shard"])
+            bar.update(int(b["tiles"].sum()))
+    if written != expected or shards != len(items):  # never happens unless rows went missing
+        raise RuntimeError(f"{written} of {expected} tiles in {shards} of {len(items)} shards were written")
     st.write_meta(job.out_url, meta.replace(status="complete"), so)
-    print(f"wrote {written} tiles of {args.output} outputs to {job.out_url} in {time.perf_counter() - t0:.1f} s "
-          f"({job.description})")
+    dt = time.perf_counter() - t0
+    print(f"wrote {written} tiles of {args.output} outputs to {job.out_url} in {dt:.1f} s ({job.description})")
+    if not args.no_mlflow and cfg.mlflow.enabled:
+        run_id = log_inference(cfg.mlflow.tracking_uri, "anysat-inference", f"embed-{cfg.name}",
+                               {"job": "embed", "model": job.description, "store": plan.url, "out": job.out_url,
+                                "output": args.output, "splits": ",".join(job.splits), "config": args.config,
+                                "concurrency": args.concurrency, "batch_size": plan.batch_size},
+                               {"tiles": written, "seconds": dt, "tiles_per_s": written / max(dt, 1e-9)},
+                               {"anysat.output": job.out_url})
+        print(f"logged to MLflow run {run_id}")
     return 0
 
 
@@ -255,6 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive(int), default=None)
     p.add_argument("--concurrency", type=_positive(int), default=1, help="inference actors")
     p.add_argument("--num-cpus", type=_positive(float), default=1.0, help="CPUs per inference actor")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+    p.add_argument("--no-progress", action="store_true")
     return p
 
 

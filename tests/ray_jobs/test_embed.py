@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from ray_jobs_helpers import REPO
 
@@ -37,7 +38,9 @@ def test_embed_patch_embeddings_and_segmentation_maps(ray_session, sample_stores
     from ray_jobs.finetune_config import ResolvedTask
     from ray_jobs.task import FT_STATE_FILE, build_task_model, load_encoder, prepare_task
 
-    sets = ["--set", f"data.root={sample_stores}", "--set", f"storage_path={tmp_path / 'runs'}"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # never the repository's own mlflow.db
+    sets = ["--set", f"data.root={sample_stores}", "--set", f"storage_path={tmp_path / 'runs'}",
+            "--set", f"mlflow.tracking_uri={uri}"]
     cfg, plan, task = prepare_task(str(LP_TINY), [s for s in sets if s != "--set"])
     splits = sorted(plan.split_aliases)
 
@@ -46,6 +49,9 @@ def test_embed_patch_embeddings_and_segmentation_maps(ray_session, sample_stores
     rc = embed.main(["--config", str(LP_TINY), *sets, "--out", str(out), "--encoder-only", "--output", "patch",
                      "--splits", "train,test", "--batch-size", "3"])
     assert rc == 0
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("anysat-inference").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the embedding run is logged, with its speed
+    assert runs[0].data.params["output"] == "patch" and runs[0].data.metrics, runs[0].data
     src, emb = StoreReader(plan.url), StoreReader(str(out / "treesatai-ts.zarr"))
     assert len(emb) == len(src) and emb.tiles_per_shard == src.tiles_per_shard
     assert (emb.ids() == src.ids()).all() and (emb.splits() == src.splits()).all()

@@ -45,7 +45,7 @@ def write_sample(root: str, tiles: int | None = None, seed: int = 0, tarball: bo
             for k in range(int(rng.integers(1, 4))):
                 # the first scar near the centre, as the real chips are cut around burn scars; the others anywhere
                 cy, cx = rng.integers(160, SIZE - 160, 2) if k == 0 else rng.integers(60, SIZE - 60, 2)
-                ry, rx = rng.integers(20, 90, 2)
+                ry, rx = rng.integers(40, 120, 2)
                 burn[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = 1
         # smooth field + small noise, quantised to 1e-4 like HLS's scaled integers
         field = 1 + 0.15 * np.sin(xx // 8 / (5 + i))[None] * np.cos(yy // 8 / 7)[None]

@@ -276,7 +276,7 @@ CASES = {
         {"label": "water", "loss": "ce_ignore"}, steps=50, lr=5e-3, mode="lp", check=_lp_check(_fg_check(0.6, 0.2)),
         eval_crop={"s2": 128}),
     "hls-burn-scars-lpplus-segmentation": Case(
-        "hls-burn-scars", 24, {"batch_size": 2, "crop": {"hls": 32}},
+        "hls-burn-scars", 24, {"batch_size": 2, "crop": {"hls": 48}},
         {"label": "burn", "loss": "ce_ignore"}, steps=50, lr=1e-3, mode="lpplus", official_tiny=True,
         check=_lpplus_check(_fg_check(0.6, 0.2)), eval_crop={"hls": 128}),
 }

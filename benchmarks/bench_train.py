@@ -1,16 +1,20 @@
 """Training-service throughput on this machine: can the loader feed the model?
 
-Three measurements, all on the stores the trainer reads (sample stores are built first if
+Four measurements, all on the stores the trainer reads (sample stores are built first if
 ``--stores`` holds none):
 
-1. loader: tiles/s per dataset straight from the store through the Ray Data stream + collate
-   (one rank, no model);
-2. model: samples/s of one JEPA training step (forward, backward, AdamW, EMA) per dataset and
+1. loader: per dataset, samples/s through the Ray Data stream + collate (one rank, no model) beside
+   the one-process decode rate of the same store (plain ``StoreReader.read``), their ratio, the CPU
+   time per sample of every process involved, peak RSS;
+2. budget: step-time spread of the tiny JEPA step along the run's schedule, with fixed batch sizes
+   and with a token budget (``data.tokens_per_batch``);
+3. model: samples/s of one JEPA training step (forward, backward, AdamW, EMA) per dataset and
    patch size, for the tiny and the base encoder, on real batches from the stores;
-3. trainer: steps/s of the full Ray Train job (``ray_jobs.pretrain``) with 1 and 2 workers
+4. trainer: steps/s of the full Ray Train job (``ray_jobs.pretrain``) with 1 and 2 workers
    (window rates logged to MLflow, first window dropped as warm-up), plus wall time.
 
     python benchmarks/bench_train.py --out benchmarks/results/train.json   # also writes train.md
+    python benchmarks/bench_train.py --only loader --stores data/bench/stores --out FILE
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import ray
 import torch
 from mlflow import MlflowClient
@@ -34,12 +40,14 @@ sys.path.insert(0, str(REPO))  # runnable from a checkout that is not installed
 
 from pipelines.ingest import run_ingest  # noqa: E402
 from pipelines.samplegen import get_generator  # noqa: E402
-from pipelines.store import check_format, store_url  # noqa: E402
+from pipelines.store import StoreReader, check_format, store_url  # noqa: E402
 from ray_jobs import pretrain  # noqa: E402
+from ray_jobs.batching import step_batch_size  # noqa: E402
 from ray_jobs.config import PretrainConfig, load_config, resolve_paths  # noqa: E402
 from ray_jobs.data import StoreStream, collate, quiet_ray_data  # noqa: E402
 from ray_jobs.plan import DataPlan, resolve_plans  # noqa: E402
 from ray_jobs.runtime import build_optimizer  # noqa: E402
+from ray_jobs.schedule import Schedule  # noqa: E402
 
 TINY_CFG = REPO / "configs/pretrain/geoplex-tiny.yaml"
 DATASETS = ("planted", "treesatai-ts")
@@ -62,22 +70,117 @@ def load_plans(stores: Path, batch: dict[str, int]) -> tuple[PretrainConfig, dic
     return cfg, resolve_plans(cfg)
 
 
-def bench_loader(plans: dict[str, DataPlan], n_batches: int) -> dict:
+class PeakRSS:
+    """Peak resident memory of this process and of everything it started (the local Ray head: raylet,
+    object store, the read-task workers), and their CPU seconds, sampled every 0.1 s while a
+    measurement runs (a worker that exits keeps the CPU time last seen)."""
+
+    def __init__(self) -> None:
+        self.me = psutil.Process()
+        self.peak_self = self.peak_tree = 0
+        self.cpu: dict[int, list[float]] = {}  # pid -> [first seen, last seen]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                procs = [self.me] + self.me.children(recursive=True)
+            except psutil.Error:
+                continue
+            tree = 0
+            for p in procs:
+                try:
+                    rss, cpu = p.memory_info().rss, sum(p.cpu_times()[:2])
+                except psutil.Error:  # exited between listing and reading
+                    continue
+                tree += rss
+                if p.pid == self.me.pid:
+                    self.peak_self = max(self.peak_self, rss)
+                self.cpu.setdefault(p.pid, [cpu, cpu])[1] = cpu
+            self.peak_tree = max(self.peak_tree, tree)
+            self._stop.wait(0.1)
+
+    def mark(self) -> None:
+        """Count CPU time from now on (after the warm-up)."""
+        for v in self.cpu.values():
+            v[0] = v[1]
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(b - a for a, b in self.cpu.values())
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _rss(p: psutil.Process) -> int:
+    try:
+        return p.memory_info().rss
+    except psutil.Error:  # a worker that exited between listing and reading
+        return 0
+
+
+def decode_rate(plan: DataPlan, passes: int) -> tuple[float, float]:
+    """Tiles/s of one process reading whole shards with plain ``StoreReader.read`` (the arrays the
+    loader reads, no split filtering, crops, dates or normalisation): the single-core decode limit.
+    Returns (tiles/s, CPU seconds per tile)."""
+    reader = StoreReader(plan.url, plan.storage_options)
+    sensors = sorted({sp.stored for sp in plan.sensors.values()})
+    reader.read(*reader.shard_ranges()[0], sensors, labels=False, tiles=False)  # page cache, codec set-up
+    t0, c0, n = time.perf_counter(), time.process_time(), 0
+    for _ in range(passes):
+        for a, b in reader.shard_ranges():
+            reader.read(a, b, sensors, labels=False, tiles=False)
+            n += b - a
+    return n / (time.perf_counter() - t0), (time.process_time() - c0) / n
+
+
+def stream_rate(plan: DataPlan, seconds: float, read_num_cpus: float, concurrency: int | None,
+                mem: PeakRSS) -> dict:
+    """Samples/s through the training stream + ``collate`` of one rank over every stored split (the
+    same tiles the decode pass reads). Timed from the first batch for at least ``seconds`` and two
+    passes over the store, so the blocks read ahead during start-up are a small part of the count;
+    ``cpu_s_per_sample``: CPU seconds of this process and the Ray processes it started, per sample."""
+    splits = tuple(plan.stored_splits)
+    st = StoreStream(plan, splits, train=True, rank=0, world=1, seed=0, read_num_cpus=read_num_cpus,
+                     prefetch_batches=2, read_concurrency=concurrency)
+    it = st.batches(0)
+    collate(next(it), plan)  # executor start-up, first read
+    time.sleep(0.2)
+    mem.mark()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds or n < 2 * st.tiles_per_epoch:
+        raw = next(it)
+        collate(raw, plan)
+        n += len(raw["tile"])
+    dt = time.perf_counter() - t0
+    time.sleep(0.2)  # one more sample of every process's CPU time
+    return {"samples_per_s": n / dt, "seconds": dt, "samples": n, "cpu_s_per_sample": mem.cpu_seconds / n,
+            "read_concurrency": concurrency}
+
+
+def bench_loader(plans: dict[str, DataPlan], seconds: float, read_num_cpus: float, concurrency: int | None) -> dict:
     out = {}
     for name, plan in plans.items():
-        st = StoreStream(plan, plan.split, train=True, rank=0, world=1, seed=0)
-        it = st.batches(0)
-        collate(next(it), plan)  # warm-up: executor start, first reads
-        t0 = time.perf_counter()
-        tiles = 0
-        for _ in range(n_batches):
-            raw = next(it)
-            collate(raw, plan)
-            tiles += len(raw["tile"])
-        dt = time.perf_counter() - t0
-        out[name] = {"batch_size": plan.batch_size, "batches": n_batches,
-                     "samples_per_s": tiles / dt, "seconds": dt}
-        print(f"loader {name}: {tiles / dt:.1f} samples/s", flush=True)
+        with PeakRSS() as mem:
+            r = stream_rate(plan, seconds, read_num_cpus, concurrency, mem)
+        decode, decode_cpu = decode_rate(plan, 3)
+        out[name] = {"batch_size": plan.batch_size, "tiles": plan.n_tiles, **r,
+                     "decode_samples_per_s": decode, "decode_cpu_s_per_sample": decode_cpu,
+                     "ratio": r["samples_per_s"] / decode,
+                     # load-independent: how many samples/s two cores would give at the measured CPU cost
+                     "cpu_ratio_two_cores": 2 * decode_cpu / r["cpu_s_per_sample"],
+                     "peak_rss_mb": mem.peak_self / 2**20, "peak_rss_tree_mb": mem.peak_tree / 2**20,
+                     "load_avg": os.getloadavg()}
+        print(f"loader {name}: stream {r['samples_per_s']:.0f} samples/s, one-process decode {decode:.0f} "
+              f"tiles/s, ratio {out[name]['ratio']:.2f} (CPU-time ratio on 2 cores "
+              f"{out[name]['cpu_ratio_two_cores']:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
     return out
 
 
@@ -105,6 +208,40 @@ def bench_model(cfg: PretrainConfig, plans: dict[str, DataPlan], size: str, step
             med = statistics.median(times[1:])  # first step: lazy tables, allocator warm-up
             out[f"{name}@{ps}m"] = {"batch_size": int(b), "step_s": med, "samples_per_s": b / med}
             print(f"model {size} {name} P={ps}: {b / med:.2f} samples/s ({med:.2f} s/step)", flush=True)
+    return out
+
+
+def bench_budget(cfg: PretrainConfig, plans: dict[str, DataPlan], steps: int, budget: int) -> dict:
+    """Step times of the tiny JEPA step along the run's schedule (dataset and patch size per step), with
+    each dataset's fixed batch size and with ``data.tokens_per_batch = budget``."""
+    schedule = Schedule(cfg.seed, {n: (p.weight, p.patch_sizes_m) for n, p in plans.items()})
+    out = {}
+    for label, tpb in (("fixed", None), ("tokens", budget)):
+        torch.manual_seed(0)
+        module = pretrain.build_module(cfg, plans)
+        opt = build_optimizer(cfg.optim, module.student_parameters())
+        feeds = {n: StoreStream(p, p.split, train=True, rank=0, world=1, seed=0).feed(0) for n, p in plans.items()}
+        times, tokens = [], []
+        for k in range(steps + 1):
+            e = schedule.at(k)
+            plan = plans[e.dataset]
+            b = step_batch_size(plan, e.patch_size_m, tpb)
+            x, pad = collate(feeds[e.dataset].next(b), plan)
+            t0 = time.perf_counter()
+            loss = module(x, e.patch_size_m, pad_mask=pad)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            module.update_teacher(k, total_steps=1000)
+            if k:  # step 0: allocator and lazy tables
+                times.append(time.perf_counter() - t0)
+                tokens.append(b * plan.tokens_per_sample(e.patch_size_m))
+        mean = statistics.mean(times)
+        out[label] = {"tokens_per_batch": tpb, "step_s": times, "tokens": tokens, "mean_step_s": mean,
+                      "cv": statistics.pstdev(times) / mean, "max_over_min": max(times) / min(times),
+                      "tokens_max_over_min": max(tokens) / min(tokens)}
+        print(f"budget {label}: step time {mean:.2f} s mean, CV {out[label]['cv']:.2f}, max/min "
+              f"{out[label]['max_over_min']:.1f} (tokens max/min {out[label]['tokens_max_over_min']:.1f})", flush=True)
     return out
 
 
@@ -137,25 +274,45 @@ def bench_trainer(stores: Path, workers: int, steps: int, batch: dict[str, int])
 def write_md(res: dict, path: Path) -> None:
     lines = [f"# Training-service benchmark ({res['machine']})", "",
              f"torch {res['versions']['torch']}, ray {res['versions']['ray']}, {res['threads']} torch threads; "
-             f"batch sizes {res['batch_sizes']}; 1/5/15-min load average at start "
-             f"{tuple(round(x, 1) for x in res['load_avg_start'])}, at end "
-             f"{tuple(round(x, 1) for x in res['load_avg_end'])} (above the core count = contended).", "",
-             "## Loader (store -> Ray Data stream -> collate, one rank, no model)", "",
-             "| dataset | batch | samples/s |", "|---|---|---|"]
-    for k, v in res["loader"].items():
-        lines.append(f"| {k} | {v['batch_size']} | {v['samples_per_s']:.1f} |")
-    lines += ["", "## Model consumption (one JEPA training step, single process)", "",
-              "| model | dataset @ patch | batch | s/step | samples/s |", "|---|---|---|---|---|"]
-    for size, d in res["model"].items():
-        for k, v in d.items():
-            lines.append(f"| {size} | {k} | {v['batch_size']} | {v['step_s']:.2f} | {v['samples_per_s']:.2f} |")
-    lines += ["", "## Full trainer (ray_jobs.pretrain, tiny, gloo DDP, 0.5 CPU per worker)", "",
-              "| workers | steps | steps/s (steady) | samples/s | wall s (incl. start-up) |", "|---|---|---|---|---|"]
-    for v in res["trainer"]:
-        lines.append(f"| {v['workers']} | {v['steps']} | {v['steps_per_s']:.3f} | {v['samples_per_s']:.2f} | "
-                     f"{v['wall_s']:.0f} |")
-    lines += ["", "Loader rates are far above what either model consumes on this CPU, so training is "
-              "compute-bound here; see train.json for the raw numbers."]
+             f"1/5/15-min load average at start {tuple(round(x, 1) for x in res['load_avg_start'])}, at end "
+             f"{tuple(round(x, 1) for x in res['load_avg_end'])} (above the core count = contended).", ""]
+    if "loader" in res:
+        lines += ["## Loader (store -> Ray Data stream -> collate, one rank, no model)", "",
+                  f"Batch sizes {res['loader_batch_sizes']}. *decode*: one process, plain `StoreReader.read` of whole "
+                  "shards (the arrays the loader reads), the single-core limit. *stream*: the training stream + "
+                  "`collate` to model-ready CPU tensors over the same tiles, timed in the same run. *CPU ratio*: "
+                  "2 × decode CPU-s per tile / stream CPU-s per sample (all processes), the rate two uncontended "
+                  "cores would give relative to one-process decode; unlike the wall-clock ratio it does not depend "
+                  "on what else runs on the machine.", "",
+                  "| dataset | stream samples/s | decode tiles/s | ratio | CPU ratio (2 cores) | stream CPU µs/sample "
+                  "| peak RSS consumer / all MB | load (1 min) |", "|---|---|---|---|---|---|---|---|"]
+        for k, v in res["loader"].items():
+            lines.append(f"| {k} | {v['samples_per_s']:.0f} | {v['decode_samples_per_s']:.0f} | {v['ratio']:.2f} | "
+                         f"{v['cpu_ratio_two_cores']:.2f} | {v['cpu_s_per_sample'] * 1e6:.0f} | "
+                         f"{v['peak_rss_mb']:.0f} / {v['peak_rss_tree_mb']:.0f} | {v['load_avg'][0]:.1f} |")
+        lines.append("")
+    if "budget" in res:
+        lines += ["## Step-time spread: fixed batch sizes vs a token budget (tiny model, CPU, the run's schedule)", "",
+                  "| batching | tokens/step max/min | step s mean | CV | max/min |", "|---|---|---|---|---|"]
+        for k, v in res["budget"].items():
+            lines.append(f"| {k}{'' if v['tokens_per_batch'] is None else ' (' + str(v['tokens_per_batch']) + ')'} | "
+                         f"{v['tokens_max_over_min']:.1f} | {v['mean_step_s']:.2f} | {v['cv']:.2f} | {v['max_over_min']:.1f} |")
+        lines.append("")
+    if "model" in res:
+        lines += ["## Model consumption (one JEPA training step, single process)", "",
+                  "| model | dataset @ patch | batch | s/step | samples/s |", "|---|---|---|---|---|"]
+        for size, d in res["model"].items():
+            for k, v in d.items():
+                lines.append(f"| {size} | {k} | {v['batch_size']} | {v['step_s']:.2f} | {v['samples_per_s']:.2f} |")
+        lines.append("")
+    if "trainer" in res:
+        lines += ["## Full trainer (ray_jobs.pretrain, tiny, gloo DDP, 0.5 CPU per worker)", "",
+                  "| workers | steps | steps/s (steady) | samples/s | wall s (incl. start-up) |", "|---|---|---|---|---|"]
+        for v in res["trainer"]:
+            lines.append(f"| {v['workers']} | {v['steps']} | {v['steps_per_s']:.3f} | {v['samples_per_s']:.2f} | "
+                         f"{v['wall_s']:.0f} |")
+        lines.append("")
+    lines += ["Raw numbers in the JSON beside this file."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -163,30 +320,47 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(REPO / "benchmarks/results/train.json"))
     ap.add_argument("--stores", default=str(REPO / "data/stores"))
-    ap.add_argument("--loader-batches", type=int, default=8)
+    ap.add_argument("--only", choices=("loader", "model", "trainer", "budget"), action="append",
+                    help="run only these parts (repeatable); default: all")
+    ap.add_argument("--loader-seconds", type=float, default=20.0, help="seconds of streaming per dataset")
+    ap.add_argument("--read-concurrency", type=int, default=os.cpu_count(), help="read tasks in flight")
+    ap.add_argument("--loader-batch", default="planted=64,treesatai-ts=16")
     ap.add_argument("--model-steps", type=int, default=2)
     ap.add_argument("--trainer-steps", type=int, default=10)
     ap.add_argument("--skip-base", action="store_true")
+    ap.add_argument("--budget-steps", type=int, default=12)
+    ap.add_argument("--tokens-per-batch", type=int, default=512)
     args = ap.parse_args(argv)
+    parts = set(args.only or ("loader", "model", "trainer", "budget"))
 
     batch = {"planted": 8, "treesatai-ts": 2}
     stores = ensure_stores(Path(args.stores).resolve())
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     quiet_ray_data()
-    cfg, plans = load_plans(stores, batch)
     res = {"machine": f"{platform.machine()} {os.cpu_count()} CPU, no GPU" if not torch.cuda.is_available()
            else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),
            "versions": {"torch": torch.__version__, "ray": ray.__version__}, "stores": str(stores),
            "batch_sizes": batch,
            # other work on the machine skews every number here: record it
            "load_avg_start": os.getloadavg()}
-    res["loader"] = bench_loader(plans, args.loader_batches)
-    res["model"] = {"tiny": bench_model(cfg, plans, "tiny", args.model_steps)}
-    if not args.skip_base:
-        res["model"]["base"] = bench_model(cfg, plans, "base", args.model_steps)
-    res["trainer"] = [bench_trainer(stores, w, args.trainer_steps, batch) for w in (1, 2)]
+    if "loader" in parts:
+        lb = {k: int(v) for k, v in (kv.split("=") for kv in args.loader_batch.split(","))}
+        cfg, plans = load_plans(stores, lb)
+        res["loader_batch_sizes"] = lb
+        res["loader"] = bench_loader(plans, args.loader_seconds, cfg.data.read_num_cpus, args.read_concurrency)
+    cfg, plans = load_plans(stores, batch)
+    if "model" in parts:
+        res["model"] = {"tiny": bench_model(cfg, plans, "tiny", args.model_steps)}
+        if not args.skip_base:
+            res["model"]["base"] = bench_model(cfg, plans, "base", args.model_steps)
+    if "budget" in parts:
+        res["budget"] = bench_budget(cfg, plans, args.budget_steps, args.tokens_per_batch)
+    if "trainer" in parts:
+        res["trainer"] = [bench_trainer(stores, w, args.trainer_steps, batch) for w in (1, 2)]
     res["load_avg_end"] = os.getloadavg()
     out = Path(args.out)
+    if args.only and out.exists():  # a partial run updates its parts, the others stay as measured
+        res = {**json.loads(out.read_text()), **res}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2))
     write_md(res, out.with_suffix(".md"))

@@ -126,6 +126,13 @@ class DataConfig(Section):
     prefetch_batches: int = Field(default=1, ge=0)
     read_num_cpus: float = Field(default=0.25, gt=0)
     """CPUs per Ray Data read task (fractional so reads fit beside the training workers)."""
+    read_concurrency: int | None = Field(default=None, ge=1)
+    """Read tasks in flight per stream; a few long-lived ones keep their warm heaps (None: Ray Data's choice)."""
+    read_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per read task: ``{loader: 1}`` puts reads on nodes that advertise it (the
+    KubeRay CPU worker group), off the GPU nodes."""
+    tokens_per_batch: int | None = Field(default=None, ge=1)
+    """Token budget per step: batch = budget // tokens per sample at the drawn patch size (ray_jobs/batching.py)."""
     val_batches: int = Field(default=2, ge=0)
     """Batches per dataset per evaluation."""
     normalization: str = Field(default="anysat", min_length=1)

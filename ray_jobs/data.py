@@ -3,40 +3,39 @@
 Layout of the work, given a :class:`ray_jobs.plan.DataPlan` per dataset (resolved once in the driver):
 
 * :class:`StoreStream` (one per (store, split) on each rank): a Ray Dataset whose rows are shard
-  ranges of the store; a read task fetches one range through :class:`pipelines.store.StoreReader`
-  (one GET per array and shard, never the whole store), keeps this split and this rank's tiles,
-  shuffles them with a seed derived from (seed, epoch, shard), crops VHR images, sub-samples and
-  compacts the time axis and converts dates. Ray Data's streaming executor bounds how many ranges
-  are in flight, so memory stays bounded whatever the store size. Blocks keep the raw dtype; the
-  float conversion happens on the worker, where it is cheap and does not inflate the object store.
+  ranges of the store; a read task (:class:`ray_jobs.reads.ReadRange`) fetches one range (one GET per
+  array and shard, never the whole store), keeps this split and this rank's tiles, shuffles them with a
+  seed derived from (seed, epoch, shard), crops VHR images, sub-samples and compacts the time axis,
+  converts dates and normalises float-stored sensors, all vectorised over the range. Ray Data's
+  streaming executor bounds how many ranges are in flight, so memory stays bounded whatever the store
+  size. Integer images keep their stored dtype through the object store (a quarter of the bytes).
 * :func:`collate` (worker): trims the time axis to the batch's longest series, builds the padding
   mask (padding = the steps beyond each tile's series length, :func:`ray_jobs.timesteps.real_steps`:
-  an image without a date is real, fed as day 0), computes derived bands (S1/ALOS ratio), normalises with the store statistics, -> torch.
+  an image without a date is real, fed as day 0), and turns what the read task left raw into
+  normalised model bands (derived bands such as the S1/ALOS ratio included) on the training device.
 
-Every random choice is seeded from (seed, dataset, epoch, shard, tile), and streams preserve order,
-so the data a rank sees is a function of the seed and of how many batches it already consumed: a
-resumed run restarts each stream at exactly the next batch (:meth:`StoreStream.batches` ``start``).
+Every random choice is keyed by (seed, dataset, epoch, shard, tile), and streams preserve order, so the
+data a rank sees is a function of the seed and of how many tiles it already consumed: a resumed run
+restarts each stream at exactly the next tile (:meth:`StoreStream.feed` ``start_tile``), whatever batch
+sizes the steps before used (token budgets, :mod:`ray_jobs.batching`).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import logging
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import ray.data
 import torch
 
-from pipelines.store import StoreReader
-from ray_jobs.credentials import load_secrets
-from ray_jobs.plan import DataPlan, Split, bands_float, bands_mask
-from ray_jobs.timesteps import real_steps
+from ray_jobs.plan import DataPlan, SensorPlan, Split, bands_mask
+from ray_jobs.reads import (ReadRange, convert_dates, crop_key, normalised, prepared_key, reuse_freed_memory,
+                            seed_key)
 
-__all__ = ["StoreStream", "ReadRange", "collate", "convert_dates", "stream_items", "item_tiles", "quiet_ray_data"]
+__all__ = ["StoreStream", "Feed", "ReadRange", "collate", "convert_dates", "stream_items", "item_tiles",
+           "quiet_ray_data"]
 
-_EPOCH = np.datetime64("1970-01-01", "D")
 
 
 def quiet_ray_data() -> None:
@@ -47,173 +46,6 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
-# ---------------------------------------------------------------------------------------------- dates
-def convert_dates(days: np.ndarray, origin: str | None) -> np.ndarray:
-    """Days since 1970-01-01 (-1 = padding) -> model dates: 1-based day of year, or days since
-    ``origin`` (``YYYY-MM-DD``). Padding stays -1."""
-    days = np.asarray(days)
-    pad = days < 0
-    if origin in (None, "doy"):
-        d = _EPOCH + days.astype("timedelta64[D]")
-        out = (d - d.astype("datetime64[Y]").astype("datetime64[D]")).astype(np.int64) + 1
-    else:
-        o = (_dt.date.fromisoformat(origin) - _dt.date(1970, 1, 1)).days
-        out = days.astype(np.int64) - o
-    return np.where(pad, -1, out).astype(np.int32)
-
-
-# ----------------------------------------------------------------------------------------- read tasks
-def _seed(*parts: Any) -> int:
-    h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little")
-
-
-class ReadRange:
-    """Ray Data ``map_batches`` function: one row (a shard range work item) -> the tiles it yields.
-
-    Plain callable object (not a class type), so Ray Data runs it as a task with ``read_num_cpus``.
-    ``split`` is a split name (an alias such as PASTIS ``train`` reads its folds) or a list of stored
-    splits. ``label`` (a store label array) adds a ``label`` column; dense labels are cropped with
-    the image crops' offsets."""
-
-    def __init__(self, plan: DataPlan, split: Split, train: bool, seed: int, label: str | None = None):
-        self.plan, self.split, self.train, self.seed = plan, split, train, seed
-        self.splits = plan.resolve_split(split)
-        self.label = label
-        self._crops: dict[str, tuple] = {}
-        self._reader = None
-
-    @property
-    def reader(self) -> StoreReader:
-        if self._reader is None:  # opened in the read task's process, not pickled with the function
-            load_secrets()  # a Ray Data read task: the driver's credentials, if it passed any
-            self._reader = StoreReader(self.plan.url, self.plan.storage_options)
-        return self._reader
-
-    def __getstate__(self):
-        d = dict(self.__dict__)
-        d["_reader"] = None
-        return d
-
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = [self.read_item({k: v[i] for k, v in rows.items()}) for i in range(len(rows["start"]))]
-        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-    def read_item(self, item: dict[str, Any]) -> dict[str, np.ndarray]:
-        plan = self.plan
-        start, stop = int(item["start"]), int(item["stop"])
-        self._crops = {}
-        block = self.reader.read(start, stop, sorted({sp.stored for sp in plan.sensors.values()}), labels=False,
-                                 tiles=True)
-        idx = np.flatnonzero(np.isin(block["tiles/split"], self.splits))
-        epoch = int(item["epoch"])
-        if self.train:
-            idx = np.random.default_rng(_seed(self.seed, plan.name, epoch, start)).permutation(idx)
-        idx = idx[int(item["offset"])::int(item["stride"])][int(item["skip"]):]
-        out: dict[str, np.ndarray] = {"tile": (start + idx).astype(np.int64)}
-        offsets = self._crop_offsets({k: block[f"{plan.sensors[k].stored}/data"].shape[-2:] for k in plan.crop
-                                      if plan.crop[k]}, start + idx, epoch)
-        for key, sp in plan.sensors.items():
-            data = block[f"{sp.stored}/data"][idx]  # the store group (another sensor's, for a slot layout)
-            dates = block[f"{sp.stored}/dates"][idx]
-            mask = block[f"{sp.stored}/mask"][idx] if sp.has_mask else None
-            real = real_steps(data, dates, mask) if sp.time_series else None  # before a crop hides content
-            if key in offsets:
-                data, mask = self._crop(data, mask, plan.crop[key], *offsets[key], key)
-            if sp.time_series:
-                data, dates, mask, steps = self._subsample(data, dates, mask, real, start + idx, key, epoch)
-                known = dates >= 0
-                dates = convert_dates(dates, plan.date_origin)
-                dates[~known & (np.arange(dates.shape[1])[None, :] < steps[:, None])] = 0  # undated image: day 0
-                out[f"{key}/steps"] = steps
-            out[f"{key}/data"] = data
-            out[f"{key}/dates"] = dates
-            if mask is not None:
-                out[f"{key}/mask"] = mask
-        if self.label is not None:
-            lab = self.reader.read(start, stop, [], labels=True, tiles=False)[f"labels/{self.label}"]
-            y = lab[out["tile"] - start]
-            out["label"] = self._crop_label(y) if y.ndim == 3 and self._crops else y
-        return out
-
-    def _crop_offsets(self, shapes: dict[str, tuple[int, int]], tiles: np.ndarray, epoch: int
-                      ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """(top, left) crop offsets per cropped sensor and tile. One draw per tile on the coarsest cropped
-        grid, scaled to the finer ones, so that several cropped sensors cover the same ground."""
-        if not shapes:
-            return {}
-        base = min(shapes, key=lambda k: shapes[k][0])
-        hb, wb = shapes[base]
-        sb = self.plan.crop[base]
-        ratios = {}
-        for k, (h, w) in shapes.items():
-            r = h // hb
-            if h != r * hb or w != r * wb or self.plan.crop[k] != r * sb:
-                raise ValueError(f"{self.plan.name}: crops {self.plan.crop} of images "
-                                 f"{ {k: tuple(v) for k, v in shapes.items()} } cover different ground; "
-                                 "crop sizes must scale with the image sides")
-            ratios[k] = r
-        if self.train:
-            ys = np.empty(len(tiles), np.int64)
-            xs = np.empty(len(tiles), np.int64)
-            for i, t in enumerate(tiles):
-                rng = np.random.default_rng(_seed(self.seed, "crop", epoch, int(t)))
-                ys[i], xs[i] = rng.integers(0, hb - sb + 1), rng.integers(0, wb - sb + 1)
-        else:  # evaluation: centre crop, deterministic
-            ys = np.full(len(tiles), (hb - sb) // 2, np.int64)
-            xs = np.full(len(tiles), (wb - sb) // 2, np.int64)
-        return {k: (ys * r, xs * r) for k, r in ratios.items()}
-
-    def _crop(self, data, mask, size, ys, xs, key):
-        h, w = data.shape[-2:]
-        # offsets (top, left) per tile, kept so a dense label is cropped at exactly the same place
-        self._crops[key] = (h, w, size, ys, xs)
-        out = np.empty(data.shape[:-2] + (size, size), data.dtype)
-        mout = None if mask is None else np.empty(mask.shape[:-2] + (size, size), mask.dtype)
-        for i, (y, x) in enumerate(zip(ys, xs)):
-            out[i] = data[i, ..., y:y + size, x:x + size]
-            if mout is not None:
-                mout[i] = mask[i, ..., y:y + size, x:x + size]
-        return out, mout
-
-    def _crop_label(self, y: np.ndarray) -> np.ndarray:
-        """Crop dense labels (N, H, W) like the image crops (a label as fine as the image, or finer)."""
-        H, W = y.shape[-2:]
-        for key, (h, w, size, ys, xs) in self._crops.items():
-            if H % h == 0 and W % w == 0 and H // h == W // w:
-                r = H // h
-                out = np.empty((len(y), size * r, size * r), y.dtype)
-                for i in range(len(y)):
-                    out[i] = y[i, ys[i] * r:(ys[i] + size) * r, xs[i] * r:(xs[i] + size) * r]
-                return out
-        raise ValueError(f"{self.plan.name}: label {self.label!r} ({H}x{W} px) matches none of the cropped "
-                         f"images {[(k, c[0], c[1]) for k, c in self._crops.items()]}")
-
-    def _subsample(self, data, dates, mask, real, tiles, key, epoch):
-        """Keep a random subset of the real steps (``real``, train only), in time order, moved to the
-        front; the rest of the axis is padding (date -1). Returns (data, dates, mask, steps), ``steps``
-        the number of kept steps per tile. Later, collate trims to the batch's longest series."""
-        td = self.plan.temporal_dropout
-        out_d = np.zeros_like(data)
-        out_t = np.full_like(dates, -1)
-        out_m = None if mask is None else np.zeros_like(mask)
-        steps = np.zeros(len(data), np.int32)
-        for i in range(len(data)):
-            valid = np.flatnonzero(real[i])
-            keep = valid
-            if self.train and td is not None and len(valid):
-                k = int(len(valid) * (1.0 - td)) if isinstance(td, float) else min(len(valid), int(td))
-                k = max(k, 1)
-                rng = np.random.default_rng(_seed(self.seed, "time", key, epoch, int(tiles[i])))
-                keep = np.sort(rng.choice(valid, size=k, replace=False))
-            n = steps[i] = len(keep)
-            out_d[i, :n] = data[i, keep]
-            out_t[i, :n] = dates[i, keep]
-            if out_m is not None:
-                out_m[i, :n] = mask[i, keep]
-        return out_d, out_t, out_m, steps
 
 
 def stream_items(plan: DataPlan, split: Split, train: bool, rank: int, world: int, seed: int, epoch: int,
@@ -229,7 +61,7 @@ def stream_items(plan: DataPlan, split: Split, train: bool, rank: int, world: in
     ranges = [(s, min(s + tps, n)) for s in range(0, n, tps)]
     order = np.arange(len(ranges))
     if train:
-        order = np.random.default_rng(_seed(seed, plan.name, "shards", epoch)).permutation(order)
+        order = np.random.default_rng(seed_key(seed, plan.name, "shards", epoch)).permutation(order)
     if len(ranges) >= world:
         mine, offset, stride = order[rank::world], 0, 1
     else:
@@ -256,22 +88,28 @@ def item_tiles(plan: DataPlan, split: Split, items: list[dict[str, int]]) -> lis
 
 
 class StoreStream:
-    """Endless batches of one (store, split) for one rank: epoch after epoch, each batch exactly
-    ``batch_size`` tiles (a batch may span an epoch boundary, so a rank's share only needs one tile).
+    """Endless tiles of one (store, split) for one rank, epoch after epoch, cut into batches of any
+    size (a batch may span an epoch boundary, so a rank's share only needs one tile).
 
-    ``batches(start=c)`` resumes after ``c`` already-consumed batches: the position is ``c·B`` tiles
-    into the deterministic epoch sequence, so nothing is replayed and no read is repeated.
+    ``feed(start_tile=c)`` resumes after ``c`` already-consumed tiles of the deterministic epoch
+    sequence, so nothing is replayed and no read is repeated; ``batches(start=c)`` is the fixed-size
+    form (``c`` batches of ``plan.batch_size``).
 
-    One Ray Dataset covers one or more whole epochs (enough work items to keep the read tasks busy;
-    a large store needs one dataset per epoch, a sample store packs many epochs into one)."""
+    One Ray Dataset covers one or more whole epochs (enough work items that the read tasks stay busy
+    and the executor seldom drains between datasets; a large store needs one dataset per epoch, a
+    sample store packs many epochs into one). ``read_num_cpus``/``read_concurrency`` size the read
+    tasks; ``read_resources`` (custom Ray resources) places them, e.g. on the CPU-only loader nodes of a
+    heterogeneous cluster."""
 
-    MIN_ITEMS = 16
+    MIN_ITEMS = 64
 
     def __init__(self, plan: DataPlan, split: Split, *, train: bool, rank: int, world: int, seed: int,
-                 read_num_cpus: float = 0.25, prefetch_batches: int = 1, label: str | None = None):
+                 read_num_cpus: float = 0.25, prefetch_batches: int = 1, label: str | None = None,
+                 read_concurrency: int | None = None, read_resources: dict[str, float] | None = None):
         self.plan, self.split, self.train, self.label = plan, split, train, label
         self.rank, self.world, self.seed = rank, world, seed
-        self.read_num_cpus = read_num_cpus
+        self.read_num_cpus, self.read_concurrency = read_num_cpus, read_concurrency
+        self.read_resources = dict(read_resources or {})
         self.prefetch_batches = prefetch_batches
         self.batch_size = int(plan.batch_size)
         items = stream_items(plan, split, train, rank, world, seed, 0)
@@ -289,32 +127,54 @@ class StoreStream:
         ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         # preserve_order: blocks reach the iterator in item order, so batches are reproducible
         ds.context.execution_options.preserve_order = True
-        return ds.map_batches(self.read_fn(), batch_size=1, batch_format="numpy", num_cpus=self.read_num_cpus)
+        extra: dict[str, Any] = {"resources": self.read_resources} if self.read_resources else {}
+        return ds.map_batches(self.read_fn(), batch_size=1, batch_format="numpy", num_cpus=self.read_num_cpus,
+                              concurrency=self.read_concurrency, **extra)
 
     def read_fn(self) -> ReadRange:
         """The per-item read function (with ``label``: rows also carry the label column); the hook
         for subclasses that read differently."""
-        return ReadRange(self.plan, self.split, self.train, self.seed, label=self.label)
+        return ReadRange(self.plan, self.split, self.train, self.seed, label=self.label, prepare=True)
 
-    def batches(self, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        B = self.batch_size
-        epoch, skip = divmod(int(start) * B, self.tiles_per_epoch)
-        buf: list[dict[str, np.ndarray]] = []
-        n = 0
+    def blocks(self, start_tile: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The read tasks' blocks (one per work item), in order, from ``start_tile`` on."""
+        epoch, skip = divmod(int(start_tile), self.tiles_per_epoch)
         while True:
             ds = self.dataset(epoch, skip, self.epochs_per_dataset)
-            # whole blocks (one per work item) in order; batches are cut here so they can span
-            # epochs and datasets
             for block in ds.iter_batches(batch_size=None, batch_format="numpy",
                                          prefetch_batches=self.prefetch_batches):
-                if not len(block["tile"]):
-                    continue
-                buf.append(block)
-                n += len(block["tile"])
-                while n >= B:
-                    yield _take(buf, B)
-                    n -= B
+                if len(block["tile"]):
+                    yield block
             epoch, skip = epoch + self.epochs_per_dataset, 0
+
+    def feed(self, start_tile: int = 0) -> Feed:
+        reuse_freed_memory()  # the consumer's batch copies and conversions, as in the read tasks
+        return Feed(self.blocks(start_tile))
+
+    def batches(self, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        feed = self.feed(int(start) * self.batch_size)
+        while True:
+            yield feed.next(self.batch_size)
+
+
+class Feed:
+    """Batches of any size cut, in order, from a stream of column blocks (views where a batch lies in
+    one block, one concatenation where it spans two)."""
+
+    def __init__(self, blocks: Iterator[dict[str, np.ndarray]]):
+        self._blocks = blocks
+        self._buf: list[dict[str, np.ndarray]] = []
+        self._n = 0
+
+    def next(self, k: int) -> dict[str, np.ndarray]:
+        if k < 1:
+            raise ValueError(f"batch size {k} < 1")
+        while self._n < k:
+            blk = next(self._blocks)
+            self._buf.append(blk)
+            self._n += len(blk["tile"])
+        self._n -= k
+        return _take(self._buf, k)
 
 
 def _take(buf: list[dict[str, np.ndarray]], k: int) -> dict[str, np.ndarray]:
@@ -336,48 +196,91 @@ def _take(buf: list[dict[str, np.ndarray]], k: int) -> dict[str, np.ndarray]:
 
 
 # -------------------------------------------------------------------------------------------- collate
-def _finite(v: np.ndarray) -> np.ndarray:
-    """Nodata (NaN/inf in SAR archives; the validity mask marks those pixels) -> 0, i.e. the band mean:
-    one NaN would otherwise poison a whole batch through the temporal attention."""
-    return np.nan_to_num(v, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+def _tensor(a: np.ndarray, device: torch.device | None) -> torch.Tensor:
+    """Numpy -> torch without a copy where possible. Blocks from the object store are read-only: a CPU
+    consumer gets its own copy (the model must be free to write), a GPU one gets the transfer."""
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if not a.flags.c_contiguous or (on_cpu and not a.flags.writeable):
+        a = np.array(a, order="C")
+    t = torch.from_numpy(a) if a.flags.writeable else torch.from_numpy(a.copy())
+    return t if device is None else t.to(device, non_blocking=True)
+
+
+def _model_bands(raw: np.ndarray, sp: SensorPlan, device: torch.device | None,
+                 valid: np.ndarray | None = None) -> torch.Tensor:
+    """Stored values left raw by the read task -> normalised float32 model bands (padded steps 0). An
+    integer image whose stored bands are the model bands is converted on an accelerator ``device``,
+    after the transfer of its raw bytes; anything else with numpy, in one pass plus an in-place one."""
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if not on_cpu and raw.dtype.kind in "iub" and [b.index for b in sp.bands] == list(range(raw.shape[-3])):
+        t = _tensor(raw, device).float()
+        shape = (len(sp.bands), 1, 1)
+        t.sub_(torch.tensor(sp.mean, dtype=torch.float32, device=t.device).view(shape))
+        t.div_(torch.tensor(sp.std, dtype=torch.float32, device=t.device).view(shape))
+        if valid is not None:
+            t[~torch.from_numpy(np.ascontiguousarray(valid)).to(t.device)] = 0.0
+        return t
+    v = normalised(raw, sp)
+    if valid is not None:
+        v[~valid] = 0.0  # padded steps are zeros, as in the official collate
+    return _tensor(v, device)
+
+
+def _cropped_bands(raw: np.ndarray, offsets: Iterable[tuple[int, int]], size: int, sp: SensorPlan,
+                   device: torch.device | None) -> torch.Tensor:
+    """Whole single-date images ``(B, C, H, W)`` + per-tile (top, left) -> normalised crops. On the CPU
+    the crop is read straight into the normalised output; for an accelerator only the crop's raw bytes
+    are copied, then sent and converted there."""
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    direct = [b.index for b in sp.bands] == list(range(raw.shape[-3]))
+    out = np.empty((len(raw), raw.shape[1] if not on_cpu and direct else len(sp.bands), size, size),
+                   raw.dtype if not on_cpu and direct else np.float32)
+    for i, (y, x) in enumerate(offsets):
+        win = raw[i, :, y:y + size, x:x + size]
+        if not on_cpu and direct:
+            out[i] = win
+        else:
+            normalised(win, sp, out=out[i])
+    return _model_bands(out, sp, device) if not on_cpu and direct else _tensor(out, device)
 
 
 def collate(batch: dict[str, np.ndarray], plan: DataPlan, device: torch.device | None = None
             ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Numpy batch of one dataset -> (model inputs, padding masks), as torch tensors.
+    """Numpy batch of one dataset -> (model inputs, padding masks), as torch tensors on ``device``.
 
     Inputs follow the AnySat convention: ``<sensor>`` ``B×C×H×W`` (single date) or ``B×T×C×H×W``,
     ``<sensor>_dates`` ``B×T`` (0 at padded steps) and ``<sensor>_mask`` (validity, where the store has
     one). ``pad_mask[<sensor>]`` is ``B×T`` bool, True = padded step (time series only): the steps
     beyond each tile's ``<sensor>/steps`` (from :class:`ReadRange`; a batch without that column pads
-    the undated steps). The time axis is cut to the longest series in the batch."""
+    the undated steps). The time axis is cut to the longest series in the batch. A sensor the read task
+    already normalised (``<sensor>/x``) is only cut and moved."""
     x: dict[str, torch.Tensor] = {}
     pad: dict[str, torch.Tensor] = {}
     for key, sp in plan.sensors.items():
-        data = batch[f"{key}/data"]
-        mean = np.asarray(sp.mean, np.float32)[:, None, None]
-        std = np.asarray(sp.std, np.float32)[:, None, None]
+        pre = batch.get(prepared_key(key))
+        data = batch[f"{key}/data"] if pre is None else pre
         if sp.time_series:
             dates = batch[f"{key}/dates"]
             steps = batch.get(f"{key}/steps")
             valid = dates >= 0 if steps is None else np.arange(dates.shape[1])[None, :] < steps[:, None]
             t = max(1, int(valid.sum(axis=1).max()))
             data, dates, valid = data[:, :t], dates[:, :t], valid[:, :t]
-            v = _finite((bands_float(data, sp) - mean) / std)
-            v[~valid] = 0.0  # padded steps are zeros, as in the official collate
-            x[key] = torch.from_numpy(np.ascontiguousarray(v))
+            # a prepared sensor's padded steps are zero already
+            x[key] = _tensor(data, device) if pre is not None else _model_bands(data, sp, device, valid)
             x[f"{key}_dates"] = torch.from_numpy(np.where(valid, dates, 0).astype(np.int64))
             pad[key] = torch.from_numpy(~valid)
             if sp.has_mask or sp.filled:
                 m = batch[f"{key}/mask"][:, :t] if sp.has_mask else None
                 if m is None or m.shape[2] > 1:  # per stored band -> model bands (derived: both inputs valid;
                     m = bands_mask(m, sp, data.shape)  # filled slots: never valid)
-                x[f"{key}_mask"] = torch.from_numpy(np.ascontiguousarray(m))
+                x[f"{key}_mask"] = _tensor(m, device)
+        elif crop_key(key)[0] in batch:
+            top, left = (batch[c] for c in crop_key(key))
+            x[key] = _cropped_bands(data[:, 0], zip(top, left), plan.crop[key], sp, device)
         else:
-            v = _finite((bands_float(data[:, 0], sp) - mean) / std)
-            x[key] = torch.from_numpy(np.ascontiguousarray(v))
+            x[key] = _tensor(data[:, 0], device) if pre is not None else _model_bands(data[:, 0], sp, device)
             if sp.has_mask:
-                x[f"{key}_mask"] = torch.from_numpy(np.ascontiguousarray(batch[f"{key}/mask"][:, 0]))
+                x[f"{key}_mask"] = _tensor(batch[f"{key}/mask"][:, 0], device)
     if device is not None:
         x = {k: v.to(device, non_blocking=True) for k, v in x.items()}
         pad = {k: v.to(device, non_blocking=True) for k, v in pad.items()}

@@ -37,6 +37,7 @@ from anysat import AnySat
 from anysat.pretrain.jepa import JEPA
 from ray_jobs import normalization as nz
 from ray_jobs import runtime
+from ray_jobs.batching import batch_table, step_batch_size
 from ray_jobs.cli import entrypoint_parser, run_cli, script
 from ray_jobs.config import PretrainConfig, check_outputs, check_stores, load_config, resolve_paths
 from ray_jobs.credentials import redact
@@ -157,7 +158,9 @@ def validate(cfg: PretrainConfig, plans: dict[str, DataPlan], module: JEPA, rank
             continue
         plan = plans[name].replace(batch_size=bs)
         it = StoreStream(plan, plan.val_split, train=False, rank=rank, world=world, seed=cfg.seed,
-                         read_num_cpus=cfg.data.read_num_cpus, prefetch_batches=0).batches(0)
+                         read_num_cpus=cfg.data.read_num_cpus, prefetch_batches=0,
+                         read_concurrency=cfg.data.read_concurrency,
+                         read_resources=cfg.data.read_resources).batches(0)
         for _, raw in zip(range(n_batches), it):
             x, pad = collate(raw, plan, device)
             for ps in plan.patch_sizes_m:
@@ -191,12 +194,18 @@ def train_loop_per_worker(loop_config: dict) -> None:
     scheduler = runtime.build_scheduler(cfg.optim, optimizer, cfg.train.max_steps)
     schedule = Schedule(cfg.seed, {n: (p.weight, p.patch_sizes_m) for n, p in plans.items()})
 
+    # stream positions: batches (for the metrics) and tiles (what a resumed stream skips; with token
+    # budgets batches differ in size)
     step, consumed, run_id = 0, dict.fromkeys(plans, 0), loop_config["run_id"]
+    tiles = dict.fromkeys(plans, 0)
     restored = runtime.latest_checkpoint(runtime.CHECKPOINT_FILE)
     if restored:
         (state,) = restored
         step = runtime.restore_training(state, module, optimizer, scheduler)
         consumed.update(state["consumed"])
+        # a checkpoint from before token budgets counted fixed-size batches only
+        tiles.update(state.get("consumed_tiles") or {n: c * plans[n].batch_size for n, c in consumed.items()
+                                                      if n in plans})
         run_id = state["mlflow_run_id"] or run_id
         diffs = schedule.check_state(state["schedule"])
         if diffs:
@@ -214,10 +223,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0:
         nz.log_band_plan(tracker, plans)  # where every model band comes from, before step 1
 
-    iters = {n: StoreStream(p, p.split, train=True, rank=rank, world=world, seed=cfg.seed,
-                            read_num_cpus=cfg.data.read_num_cpus,
-                            prefetch_batches=cfg.data.prefetch_batches).batches(consumed[n])
+    feeds = {n: StoreStream(p, p.split, train=True, rank=rank, world=world, seed=cfg.seed,
+                            read_num_cpus=cfg.data.read_num_cpus, prefetch_batches=cfg.data.prefetch_batches,
+                            read_concurrency=cfg.data.read_concurrency,
+                            read_resources=cfg.data.read_resources).feed(tiles[n])
              for n, p in plans.items()}
+    if rank == 0:
+        log.info("batch size per dataset and patch size (samples, tokens): %s",
+                 batch_table(plans, cfg.data.tokens_per_batch))
     bf16 = runtime.use_bf16(cfg, device)
     plateau = runtime.is_plateau(scheduler)
     previewed: set[str] = set()
@@ -229,8 +242,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         runtime.maybe_inject_fault(cfg.train.fault_injection, rank, step)
         plan = plans[entry.dataset]
         t0 = time.perf_counter()
-        raw = next(iters[entry.dataset])
+        bs = step_batch_size(plan, entry.patch_size_m, cfg.data.tokens_per_batch)  # same on every rank
+        raw = feeds[entry.dataset].next(bs)
         consumed[entry.dataset] += 1
+        tiles[entry.dataset] += bs
         x, pad = collate(raw, plan, device)
         t_data = time.perf_counter() - t0
         if rank == 0 and cfg.train.preview and entry.dataset not in previewed and tracker.last_step < 0:
@@ -281,7 +296,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 {"step": step, "loss": float(loss.detach())}, rank,
                 lambda d: runtime.save_checkpoint_state(
                     d / runtime.CHECKPOINT_FILE, module, optimizer, scheduler, step=step, run_id=run_id,
-                    name=cfg.name, schedule=schedule.state_dict(), consumed=dict(consumed)))
+                    name=cfg.name, schedule=schedule.state_dict(), consumed=dict(consumed),
+                    consumed_tiles=dict(tiles)))
             win.restart_clock()
 
     if rank == 0:

@@ -29,9 +29,14 @@ def real_steps(data: np.ndarray, dates: np.ndarray, mask: np.ndarray | None = No
     """``(N, T)`` bool, True for the real time steps of ``data`` ``(N, T, C, H, W)`` with ``dates``
     ``(N, T)`` (days, -1 = padding or unknown) and the optional validity ``mask`` ``(N, T, c, H, W)``."""
     n, t = dates.shape
-    content = (dates >= 0) | (data.reshape(n, t, int(np.prod(data.shape[2:]))) != 0).any(axis=2)
-    if mask is not None:
-        content |= mask.reshape(n, t, int(np.prod(mask.shape[2:]))).any(axis=2)
+    content = dates >= 0
+    # a dated step is real whatever its pixels: only the undated ones (padding, mostly) are scanned
+    ni, ti = np.nonzero(~content)
+    if ni.size:
+        found = (data.reshape(n, t, -1)[ni, ti] != 0).any(axis=1)
+        if mask is not None:
+            found |= mask.reshape(n, t, -1)[ni, ti].any(axis=1)
+        content[ni, ti] = found
     # length = one past the last step with content (0 when there is none)
     last = np.where(content.any(axis=1), t - np.argmax(content[:, ::-1], axis=1), 0)
     return np.arange(t)[None, :] < last[:, None]

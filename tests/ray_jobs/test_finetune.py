@@ -1,8 +1,9 @@
 """Fine-tuning and linear probing on local Ray Train (2 gloo workers) on sample stores built with
 the real pipeline, tracked in MLflow; then ``ray_jobs.evaluate`` on the result.
 
-Fits cost tens of seconds each on 2 cores, so assertions are grouped: one FT fit (Planted, from
-scratch: above-chance test metrics, MLflow record, evaluation artifacts, evaluate CLI) and one LP fit
+Fits cost tens of seconds each on 2 cores, so assertions are grouped: one short FT fit (Planted, from
+scratch: MLflow record, metrics consistent with the logged confusion matrix, evaluation artifacts,
+checkpoints, evaluate CLI; that the task learns is shown in ``test_tasks_learn.py``) and one LP fit
 (TreeSatAI from a JEPA-format checkpoint's EMA teacher: encoder bit-identical, only the head trained)
 followed by a resubmission that resumes it.
 """
@@ -65,7 +66,7 @@ def planted_store(tmp_path_factory):
     return out
 
 
-def test_ft_planted_from_scratch_above_chance(ray_session, planted_store, tmp_path, no_mlflow_env):
+def test_ft_planted_from_scratch_mlflow_checkpoints_evaluate(ray_session, planted_store, tmp_path, no_mlflow_env):
     from ray_jobs import evaluate, finetune
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -73,8 +74,8 @@ def test_ft_planted_from_scratch_above_chance(ray_session, planted_store, tmp_pa
                   "mlflow.tracking_uri": uri, "mlflow.experiment": "ft-e2e",
                   # s2 carries the planted class signal; one sensor keeps CPU steps short
                   "data.datasets.planted.sensors": "[s2]", "data.datasets.planted.batch_size": 16,
-                  "train.max_steps": 60, "train.log_every": 10, "train.eval_every": 20,
-                  "checkpoint.every": 20})
+                  "train.max_steps": 12, "train.log_every": 4, "train.eval_every": 4,
+                  "checkpoint.every": 4})
     assert finetune.main(["--config", str(FT_TINY), *sets]) == 0
 
     client = MlflowClient(uri)
@@ -87,37 +88,27 @@ def test_ft_planted_from_scratch_above_chance(ray_session, planted_store, tmp_pa
               "test/f1_macro", "test/f1_macro_paper", "test/f1_micro", "test/f1_weighted"):
         assert k in m, (k, sorted(m))
     steps = [x.step for x in client.get_metric_history(run.info.run_id, "val/f1_macro")]
-    assert steps == [20, 40, 60]
+    assert steps == [4, 8, 12]
     arts = _artifacts(client, run.info.run_id)
     assert {"config.yaml", "previews/planted.png", "evaluation/test/confusion_matrix.png",
             "evaluation/test/per_class.csv", "evaluation/test/confusion_matrix.csv", "evaluation/test/report.md",
             "model/model_state_dict.pt", "model/task.yaml"} <= arts, arts
 
-    # Above chance. The 40 Planted classes differ by small steps of one spectral ratio, so exact-class
-    # accuracy is low even for an ideal classifier on sample data (an MLP on per-tile band means
-    # reaches ~5 % on val), but the predicted class must track the true one. Criterion: the Pearson
-    # correlation r between true and predicted class index over the 50 test tiles (from the logged
-    # confusion matrix) is >= 0.6. Test labels are i.i.d. uniform draws independent of the training
-    # tiles, so a predictor that ignores its inputs gives predictions independent of the labels:
-    # then r*sqrt(n-2)/sqrt(1-r^2) follows Student's t with 48 dof, and r >= 0.6 means t >= 5.2,
-    # p < 2e-6. Also OA above the 1/40 chance rate and test loss below ln 40 (uniform prediction).
+    # That the service learns (the predicted PLANTED class tracks the true one, r >= 0.6 over the test
+    # tiles) is shown in test_tasks_learn.py with the same task library; here, a short Ray Train run
+    # and what it leaves behind: the logged confusion matrix agrees with the logged metrics.
     cm = np.loadtxt(client.download_artifacts(run.info.run_id, "evaluation/test/confusion_matrix.csv",
                                               str(tmp_path)), delimiter=",", dtype=np.int64)
     assert cm.shape == (40, 40) and cm.sum() == 50 == m["test/n_samples"]
-    t_idx, p_idx = np.nonzero(cm)
-    w = cm[t_idx, p_idx]
-    r = np.cov(t_idx, p_idx, aweights=w)[0, 1] / np.sqrt(np.cov(t_idx, aweights=w) * np.cov(p_idx, aweights=w))
-    assert r >= 0.6, (r, m)
-    assert m["test/oa"] == pytest.approx(np.trace(cm) / 50) and m["test/oa"] > 1 / 40
-    assert m["test/loss"] < math.log(40)
+    assert m["test/oa"] == pytest.approx(np.trace(cm) / 50)
     assert math.isclose(m["test/f1_micro"], m["test/oa"], abs_tol=1e-9)  # single-label: micro F1 = OA
 
     # checkpoint: pretraining format + fine-tuning extras (best weights at the best val step)
     ck = _latest_checkpoint(tmp_path / "runs" / "ft-planted")
     state = torch.load(ck / "state.pt", weights_only=True)
     extra = torch.load(ck / FT_STATE_FILE, weights_only=True)
-    assert state["step"] == 60 and state["mlflow_run_id"] == run.info.run_id
-    assert extra["best"]["step"] in (20, 40, 60) and extra["best_weights"]
+    assert state["step"] == 12 and state["mlflow_run_id"] == run.info.run_id
+    assert extra["best"]["step"] in (4, 8, 12) and extra["best_weights"]
     assert extra["best"]["value"] == pytest.approx(max(
         x.value for x in client.get_metric_history(run.info.run_id, "val/f1_macro")))
 

@@ -8,9 +8,17 @@ import os
 import numpy as np
 import zarr
 
-from pipelines.store import zarr_store
+from pipelines.ingest import run_ingest
+from pipelines.store import StoreReader, zarr_store
 
 PLANTED_MODS = ("s2", "s1", "l7", "alos", "modis")
+
+
+def ingest_sample(dataset: str, raw, out, **kw) -> StoreReader:
+    """Ingest ``raw`` into ``out`` in-process; the ingest must succeed without quarantine."""
+    res = run_ingest(dataset, str(raw), str(out), executor="local", progress=False, **kw)
+    assert res.exit_code == 0, res.quarantine
+    return StoreReader(res.url)
 
 
 def raw_planted(root: str) -> list[dict]:

@@ -13,11 +13,11 @@ import shutil
 import numpy as np
 import pytest
 
+from ingest_helpers import ingest_sample
 from pipelines import samples
 from pipelines.ingest import IngestError, run_ingest
 from pipelines.sources.base import TileError
 from pipelines.sources.s2naip import S2NaipUrban
-from pipelines.store import StoreReader
 
 SPOT_DIR = "DATA_SPOT/PASTIS_SPOT6_RVB_1M00_2019"
 
@@ -25,19 +25,6 @@ SPOT_DIR = "DATA_SPOT/PASTIS_SPOT6_RVB_1M00_2019"
 def _days(yyyymmdd: int) -> int:
     s = str(yyyymmdd)
     return int((np.datetime64(f"{s[:4]}-{s[4:6]}-{s[6:]}") - np.datetime64("1970-01-01")).astype(int))
-
-
-def _ingest(dataset: str, raw, out) -> StoreReader:
-    res = run_ingest(dataset, str(raw), str(out), executor="local", progress=False)
-    assert res.exit_code == 0, res.quarantine
-    return StoreReader(res.url)
-
-
-@pytest.fixture(scope="module")
-def pastis_r(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("pastis-r")
-    samples.write_sample("pastis-hd", str(raw), variant="pastis-r")
-    return raw, _ingest("pastis-hd", raw, tmp_path_factory.mktemp("pastis-r-store"))
 
 
 def test_pastis_r_is_ingested_without_spot_and_keeps_every_s1_channel(pastis_r):
@@ -68,7 +55,7 @@ def test_pastis_hd_patch_without_spot_file_stores_spot_absent(tmp_path):
     raw = tmp_path / "raw"
     samples.write_sample("pastis-hd", str(raw), tiles=2)
     os.remove(raw / SPOT_DIR / "SPOT6_RVB_1M00_2019_10001.tif")
-    r = _ingest("pastis-hd", raw, tmp_path / "out")
+    r = ingest_sample("pastis-hd", raw, tmp_path / "out")
     assert r.meta.sensors["spot"].n_tiles == 1 and r.meta.sensors["s2"].n_tiles == 2 and not r.quarantine
     b = r.read(0, 2, sensors=["spot"])
     ids = b["tiles/id"].tolist()
@@ -84,9 +71,9 @@ def test_flair_repackaged_without_aerial_metadata(tmp_path, caplog):
     sen = sorted(p.name for p in (rep / "flair_sen_train/D004_2021/Z10_AU/sen").iterdir())
     assert sen == ["S2_Z10_AU_data.npy", "S2_Z10_AU_masks.npy", "S2_Z10_AU_products.txt"]
     assert not (rep / "flair_aerial_metadata.json").exists()
-    a = _ingest("flair", std, tmp_path / "a")
+    a = ingest_sample("flair", std, tmp_path / "a")
     with caplog.at_level(logging.WARNING, logger="pipelines.sources.flair"):
-        b = _ingest("flair", rep, tmp_path / "b")
+        b = ingest_sample("flair", rep, tmp_path / "b")
     warnings = [m for m in caplog.messages if "flair_aerial_metadata.json" in m]
     assert len(warnings) == 1 and "-1" in warnings[0]
     assert not b.quarantine and len(b) == len(a) == 6
@@ -125,7 +112,7 @@ def _rewrite_table(path, header):
 def test_s2naip_scene_table_is_read_by_its_schema(tmp_path):
     raw = tmp_path / "raw"
     samples.write_sample("s2naip-urban", str(raw), variant="ai2")
-    r = _ingest("s2naip-urban", raw, tmp_path / "ok")
+    r = ingest_sample("s2naip-urban", raw, tmp_path / "ok")
     with open(raw / "sentinel2.csv") as f:
         rows = list(csv.DictReader(f))
     b = r.read(0, len(r), sensors=["s2"])

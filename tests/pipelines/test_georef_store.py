@@ -15,33 +15,20 @@ import rasterio
 import shapely
 import zarr
 
+from ingest_helpers import ingest_sample
 from pipelines import footprints, samples
 from pipelines import store as st
-from pipelines.ingest import run_ingest
 from pipelines.store import StoreReader
 
 REPO = Path(__file__).resolve().parents[2]
 SEMSEG = REPO / "configs/finetune/pastis-hd-semseg-ft.yaml"
 
 
-def _ingest(dataset, raw, out, **kw) -> StoreReader:
-    res = run_ingest(dataset, str(raw), str(out), executor="local", progress=False, **kw)
-    assert res.exit_code == 0, res.quarantine
-    return StoreReader(res.url)
-
-
 @pytest.fixture(scope="module")
 def s2naip(tmp_path_factory):
     raw = tmp_path_factory.mktemp("s2naip")
     samples.write_sample("s2naip-urban", str(raw))
-    return raw, _ingest("s2naip-urban", raw, tmp_path_factory.mktemp("s2naip-store"))
-
-
-@pytest.fixture(scope="module")
-def pastis_r(tmp_path_factory):
-    raw = tmp_path_factory.mktemp("pastis-r")
-    samples.write_sample("pastis-hd", str(raw), variant="pastis-r")
-    return raw, _ingest("pastis-hd", raw, tmp_path_factory.mktemp("pastis-r-store"))
+    return raw, ingest_sample("s2naip-urban", raw, tmp_path_factory.mktemp("s2naip-store"))
 
 
 def test_tile_opens_with_rioxarray_at_the_source_geotiff_place(s2naip):
@@ -88,7 +75,7 @@ def test_footprints_export_to_geoparquet(s2naip, tmp_path):
 def test_pastis_footprints_come_from_the_geojson_and_spot_from_its_tif(tmp_path):
     raw = tmp_path / "raw"
     samples.write_sample("pastis-hd", str(raw), tiles=3)
-    r = _ingest("pastis-hd", raw, tmp_path / "out")
+    r = ingest_sample("pastis-hd", raw, tmp_path / "out")
     g = r.meta.georef
     assert g.footprint == "archive" and g.sensors == ("spot",) and g.crs == ("EPSG:2154",)
     feats = {str(f["properties"]["ID_PATCH"]): f["geometry"]
@@ -106,7 +93,7 @@ def test_pastis_footprints_come_from_the_geojson_and_spot_from_its_tif(tmp_path)
 def test_archive_without_coordinates_says_so(tmp_path):
     raw = tmp_path / "raw"
     samples.write_sample("planted", str(raw), tiles=12)
-    r = _ingest("planted", raw, tmp_path / "out")
+    r = ingest_sample("planted", raw, tmp_path / "out")
     assert r.meta.georef.footprint is None and "no coordinates" in r.meta.georef.note
     assert "geo" not in r.root and "transform" not in r.root["s2"]
     assert "no coordinates" in r.open_tile(0, "s2").attrs["georeference"]

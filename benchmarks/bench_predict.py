@@ -37,6 +37,7 @@ from anysat import AnySat  # noqa: E402
 from pipelines.scenegen import write_scene  # noqa: E402
 from ray_jobs import predict  # noqa: E402
 from ray_jobs.finetune_config import ResolvedTask  # noqa: E402
+from ray_jobs.runtime import split_state  # noqa: E402
 from ray_jobs.task import FT_STATE_FILE, build_task_model  # noqa: E402
 
 TASK = ResolvedTask(dataset="planted", label="species", kind="multiclass", classes=[f"c{i}" for i in range(8)],
@@ -48,11 +49,7 @@ def _checkpoint(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = build_task_model(AnySat.from_size("tiny", sensors=["s2"]), TASK, freeze=False).eval()
-    groups: dict = {}
-    for k, v in model.state_dict().items():
-        head, _, rest = k.partition(".")
-        groups.setdefault(head, {})[rest] = v
-    torch.save({"model": groups, "step": 0, "mlflow_run_id": ""}, folder / "state.pt")
+    torch.save({"model": split_state(model), "step": 0, "mlflow_run_id": ""}, folder / "state.pt")
     torch.save({"task": TASK.model_dump()}, folder / FT_STATE_FILE)
     return folder
 

@@ -50,7 +50,7 @@ from ray_jobs.tracking import Heartbeat, Tracker, open_run
 __all__ = ["CHECKPOINT_FILE", "SNAPSHOT_FILE", "init_ray", "fit", "has_checkpoints", "latest_recorded_checkpoint",
            "storage_filesystem", "worker_env", "worker_context", "wrap_ddp", "use_bf16", "worker_tracker",
            "build_optimizer", "build_scheduler",
-           "is_plateau", "save_checkpoint_state", "load_checkpoint_state", "report_checkpoint",
+           "is_plateau", "split_state", "save_checkpoint_state", "load_checkpoint_state", "report_checkpoint",
            "latest_checkpoint", "restore_training", "join_state", "all_reduce_mean", "maybe_inject_fault"]
 
 log = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _split_state(module: torch.nn.Module) -> dict[str, dict]:
+def split_state(module: torch.nn.Module) -> dict[str, dict]:
     """State dict grouped by top-level child (JEPA: encoder, teacher, predictor; fine-tuning: net):
     a reader can take one group, e.g. the EMA teacher, without knowing the rest."""
     groups: dict[str, dict] = {}
@@ -308,7 +308,7 @@ def save_checkpoint_state(path: Path, module: torch.nn.Module, optimizer, schedu
     """The training state in ``path``: model (grouped), optimiser, scheduler, step, MLflow run id,
     run name, and the job's ``extra`` plain data (data-stream positions, ...)."""
     state = {
-        "model": _plain(_split_state(module)),
+        "model": _plain(split_state(module)),
         "optimizer": _plain(optimizer.state_dict()),
         # LambdaLR stores its callable object's __dict__ (plain numbers): weights_only-safe
         "scheduler": _plain(scheduler.state_dict()),

@@ -8,6 +8,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from ray_jobs.runtime import split_state
+
 from ray_jobs_helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -81,11 +83,7 @@ def test_embed_patch_embeddings_and_segmentation_maps(ray_session, sample_stores
         model.net.head.linear.bias.copy_(torch.tensor([0.0, 0.3, -0.3]))
     ck = tmp_path / "ft-run" / "checkpoint_000000"
     ck.mkdir(parents=True)
-    groups: dict = {}
-    for k, v in model.state_dict().items():
-        head, _, rest = k.partition(".")
-        groups.setdefault(head, {})[rest] = v
-    torch.save({"model": groups, "step": 4, "mlflow_run_id": ""}, ck / "state.pt")
+    torch.save({"model": split_state(model), "step": 4, "mlflow_run_id": ""}, ck / "state.pt")
     torch.save({"best": {"value": 0.5, "step": 4, "bad": 0, "stopped": False}, "best_weights": {},
                 "task": seg_task.model_dump()}, ck / FT_STATE_FILE)
     rc = embed.main(["--config", str(LP_TINY), *sets, "--out", str(tmp_path / "seg"), "--output", "segmentation",

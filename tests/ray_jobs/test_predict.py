@@ -19,6 +19,7 @@ from anysat import AnySat
 from pipelines.scenegen import write_scene
 from ray_jobs import predict
 from ray_jobs.finetune_config import ResolvedTask
+from ray_jobs.runtime import split_state
 from ray_jobs.task import FT_STATE_FILE, build_task_model, model_from_state
 
 pytestmark = pytest.mark.slow
@@ -36,11 +37,7 @@ def checkpoint(tmp_path_factory) -> Path:
     ck.mkdir()
     torch.manual_seed(0)
     model = build_task_model(AnySat.from_size("tiny", sensors=["s2", "s1"]), TASK, freeze=False).eval()
-    groups: dict = {}
-    for k, v in model.state_dict().items():
-        head, _, rest = k.partition(".")
-        groups.setdefault(head, {})[rest] = v
-    torch.save({"model": groups, "step": 1, "mlflow_run_id": ""}, ck / "state.pt")
+    torch.save({"model": split_state(model), "step": 1, "mlflow_run_id": ""}, ck / "state.pt")
     torch.save({"task": TASK.model_dump()}, ck / FT_STATE_FILE)
     return ck
 

@@ -76,18 +76,21 @@ bench-ingest: $(STAMP)
 	$(PY) benchmarks/bench_ingest.py --out benchmarks/results/ingest.json
 
 # -- training service (issues 4, 15): loader vs decode, token budgets, model, full trainer ---------
-# The loader is measured on 2,000 PLANTED and 800 TreeSatAI-TS sample tiles (built once under
-# BENCH_DIR, git-ignored); `make bench-train BENCH_ONLY=loader` runs only the loader part.
+# The loader is measured on 2,000 PLANTED and 800 TreeSatAI-TS sample tiles, and its memory again on
+# 8,000 PLANTED tiles (built once under BENCH_DIR, git-ignored); `make bench-train BENCH_ONLY=loader`
+# runs only the loader part.
 BENCH_DIR ?= data/bench
 BENCH_ONLY ?=
 bench-train: $(STAMP)
-	@for spec in planted:2000 treesatai-ts:800; do d=$${spec%%:*}; n=$${spec##*:}; \
-	  test -e $(BENCH_DIR)/stores/$$d.zarr && continue; \
-	  $(PY) -m pipelines.samples --dataset $$d --out $(BENCH_DIR)/raw/$$d --tiles $$n || exit 1; \
-	  $(PY) -m pipelines.ingest --dataset $$d --raw $(BENCH_DIR)/raw/$$d --out $(BENCH_DIR)/stores || exit 1; \
+	@for spec in stores:planted:2000 stores:treesatai-ts:800 stores-4x:planted:8000; do \
+	  s=$${spec%%:*}; rest=$${spec#*:}; d=$${rest%%:*}; n=$${rest##*:}; \
+	  test -e $(BENCH_DIR)/$$s/$$d.zarr && continue; \
+	  $(PY) -m pipelines.samples --dataset $$d --out $(BENCH_DIR)/raw-$$s/$$d --tiles $$n || exit 1; \
+	  $(PY) -m pipelines.ingest --dataset $$d --raw $(BENCH_DIR)/raw-$$s/$$d --out $(BENCH_DIR)/$$s || exit 1; \
+	  rm -rf $(BENCH_DIR)/raw-$$s/$$d; \
 	done
-	$(PY) benchmarks/bench_train.py --stores $(BENCH_DIR)/stores --out benchmarks/results/train.json \
-	  $(foreach p,$(BENCH_ONLY),--only $(p))
+	$(PY) benchmarks/bench_train.py --stores $(BENCH_DIR)/stores --scale-stores $(BENCH_DIR)/stores-4x \
+	  --out benchmarks/results/train.json $(foreach p,$(BENCH_ONLY),--only $(p))
 
 # -- the paper's downstream protocol (issue 11): sample data for all 11 datasets, a tiny pretraining,
 # then all 16 experiments (ray_jobs.sweep) from that checkpoint and from scratch, on CPU, under one

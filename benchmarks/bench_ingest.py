@@ -49,7 +49,7 @@ from pipelines.store import StoreReader, encode_shard, shard_spec, zarr_store  #
 # ------------------------------------------------------------------------------------------------
 def child(cfg: dict) -> None:
     if cfg["executor"] == "ray":
-        ray.init(num_cpus=cfg["num_cpus"], include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=cfg["num_cpus"], include_dashboard=False, logging_level=logging.WARNING)
         # start the worker processes before the clock runs (a job pays this once, not per ingest)
         ray.data.range(8, override_num_blocks=cfg["num_cpus"]).map(lambda r: r, num_cpus=1).take_all()
     t0 = time.perf_counter()

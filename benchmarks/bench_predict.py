@@ -55,7 +55,7 @@ def _checkpoint(folder: Path) -> Path:
 
 
 def child(cfg: dict) -> None:
-    ray.init(num_cpus=cfg["num_cpus"], include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=cfg["num_cpus"], include_dashboard=False, logging_level=logging.WARNING)
     t0 = time.perf_counter()
     rc = predict.main(["--model", cfg["model"], "--inputs", cfg["scene"], "--out", cfg["out"], "--window-m", "120",
                        "--overlap-m", str(cfg["overlap_m"]), "--shard-windows", str(cfg["shard_windows"]),

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -44,8 +45,9 @@ from pipelines.store import StoreReader, check_format, store_url  # noqa: E402
 from ray_jobs import pretrain  # noqa: E402
 from ray_jobs.batching import step_batch_size  # noqa: E402
 from ray_jobs.config import PretrainConfig, load_config, resolve_paths  # noqa: E402
-from ray_jobs.data import StoreStream, collate, quiet_ray_data  # noqa: E402
+from ray_jobs.data import Feed, StoreStream, collate, quiet_ray_data, stream_items  # noqa: E402
 from ray_jobs.plan import DataPlan, resolve_plans  # noqa: E402
+from ray_jobs.reads import ReadRange, reuse_freed_memory  # noqa: E402
 from ray_jobs.runtime import build_optimizer  # noqa: E402
 from ray_jobs.schedule import Schedule  # noqa: E402
 
@@ -64,9 +66,12 @@ def ensure_stores(stores: Path) -> Path:
     return stores
 
 
-def load_plans(stores: Path, batch: dict[str, int]) -> tuple[PretrainConfig, dict[str, DataPlan]]:
+def load_plans(stores: Path, batch: dict[str, int], only_present: bool = False
+               ) -> tuple[PretrainConfig, dict[str, DataPlan]]:
     sets = [f"data.root={stores}"] + [f"data.datasets.{k}.batch_size={v}" for k, v in batch.items()]
     cfg = resolve_paths(load_config(TINY_CFG, sets + ["num_workers=1"]))
+    if only_present:  # a folder with some of the datasets (the larger copy for the memory check)
+        cfg.data.datasets = [e for e in cfg.data.datasets if check_format(store_url(str(stores), e.name))]
     return cfg, resolve_plans(cfg)
 
 
@@ -78,6 +83,9 @@ class PeakRSS:
     def __init__(self) -> None:
         self.me = psutil.Process()
         self.peak_self = self.peak_tree = 0
+        # RSS counts the object store's shared pages a process has touched; "private" leaves them out
+        # (anonymous memory only), so it shows what the stream itself holds
+        self.peak_self_private = self.peak_tree_private = 0
         self.cpu: dict[int, list[float]] = {}  # pid -> [first seen, last seen]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -88,17 +96,20 @@ class PeakRSS:
                 procs = [self.me] + self.me.children(recursive=True)
             except psutil.Error:
                 continue
-            tree = 0
+            tree = tree_private = 0
             for p in procs:
                 try:
-                    rss, cpu = p.memory_info().rss, sum(p.cpu_times()[:2])
+                    mi, cpu = p.memory_info(), sum(p.cpu_times()[:2])
                 except psutil.Error:  # exited between listing and reading
                     continue
-                tree += rss
+                private = mi.rss - getattr(mi, "shared", 0)
+                tree, tree_private = tree + mi.rss, tree_private + private
                 if p.pid == self.me.pid:
-                    self.peak_self = max(self.peak_self, rss)
+                    self.peak_self = max(self.peak_self, mi.rss)
+                    self.peak_self_private = max(self.peak_self_private, private)
                 self.cpu.setdefault(p.pid, [cpu, cpu])[1] = cpu
             self.peak_tree = max(self.peak_tree, tree)
+            self.peak_tree_private = max(self.peak_tree_private, tree_private)
             self._stop.wait(0.1)
 
     def mark(self) -> None:
@@ -165,19 +176,76 @@ def stream_rate(plan: DataPlan, seconds: float, read_num_cpus: float, concurrenc
             "read_concurrency": concurrency}
 
 
+def cost_breakdown(plan: DataPlan, reps: int = 5) -> dict:
+    """CPU µs per tile of each stage, in this process, on the first shard, stages interleaved rep by rep
+    (min over reps: the least disturbed by other jobs): decode (plain ``StoreReader.read``), the read task
+    (``ReadRange.read_item``: decode + split, shuffle, time sub-sampling, dates, normalisation) and
+    ``collate`` of its output. The stream's CPU per sample minus these is Ray Data's share (object
+    store, block conversion, scheduling, idle Ray processes)."""
+    reuse_freed_memory()  # as the read tasks and the consumer do
+    reader = StoreReader(plan.url, plan.storage_options)
+    sensors = sorted({sp.stored for sp in plan.sensors.values()})
+    read = ReadRange(plan, tuple(plan.stored_splits), True, 0, prepare=True)
+    item = stream_items(plan, tuple(plan.stored_splits), True, 0, 1, 0, 0)[0]
+    a, b = int(item["start"]), int(item["stop"])
+    t: dict[str, list[float]] = {"decode": [], "read_task": [], "collate": []}
+    for _ in range(reps):
+        c = time.process_time()
+        reader.read(a, b, sensors, labels=False, tiles=False)
+        t["decode"].append(time.process_time() - c)
+        c = time.process_time()
+        block = read.read_item(item)
+        t["read_task"].append(time.process_time() - c)
+        feed = Feed(iter([block]))
+        c = time.process_time()
+        for _ in range((b - a) // plan.batch_size):
+            collate(feed.next(plan.batch_size), plan)
+        t["collate"].append((time.process_time() - c) / ((b - a) // plan.batch_size * plan.batch_size) * (b - a))
+    return {f"{k}_us": min(v) / (b - a) * 1e6 for k, v in t.items()}
+
+
+def memory_probe(stores: Path, seconds: float, concurrency: int | None) -> dict:
+    """Peak memory of one PLANTED stream over ``stores``, in this (fresh) process and its own Ray: a
+    process that already streamed keeps its heap's high-water mark, so each store size gets its own."""
+    cfg, plans = load_plans(stores, {"planted": 64}, only_present=True)
+    plan = plans["planted"]
+    with PeakRSS() as mem:
+        r = stream_rate(plan, seconds, cfg.data.read_num_cpus, concurrency, mem)
+    return {"tiles": plan.n_tiles, "samples_per_s": r["samples_per_s"], "peak_rss_mb": mem.peak_self / 2**20,
+            "peak_rss_tree_mb": mem.peak_tree / 2**20, "peak_private_mb": mem.peak_self_private / 2**20,
+            "peak_private_tree_mb": mem.peak_tree_private / 2**20}
+
+
+def bench_memory(dirs: list[Path], seconds: float, concurrency: int | None) -> list[dict]:
+    """:func:`memory_probe` per store folder, each in a new process."""
+    out = []
+    for d in dirs:
+        cmd = [sys.executable, __file__, "--memory-probe", str(d), "--loader-seconds", str(seconds),
+               "--read-concurrency", str(concurrency)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"memory {d}: {out[-1]['tiles']} tiles, peak private consumer / all "
+              f"{out[-1]['peak_private_mb']:.0f} / {out[-1]['peak_private_tree_mb']:.0f} MB", flush=True)
+    return out
+
+
 def bench_loader(plans: dict[str, DataPlan], seconds: float, read_num_cpus: float, concurrency: int | None) -> dict:
     out = {}
     for name, plan in plans.items():
         with PeakRSS() as mem:
             r = stream_rate(plan, seconds, read_num_cpus, concurrency, mem)
         decode, decode_cpu = decode_rate(plan, 3)
+        parts = cost_breakdown(plan)
+        parts["ray_data_us"] = r["cpu_s_per_sample"] * 1e6 - parts["read_task_us"] - parts["collate_us"]
         out[name] = {"batch_size": plan.batch_size, "tiles": plan.n_tiles, **r,
                      "decode_samples_per_s": decode, "decode_cpu_s_per_sample": decode_cpu,
                      "ratio": r["samples_per_s"] / decode,
                      # load-independent: how many samples/s two cores would give at the measured CPU cost
                      "cpu_ratio_two_cores": 2 * decode_cpu / r["cpu_s_per_sample"],
                      "peak_rss_mb": mem.peak_self / 2**20, "peak_rss_tree_mb": mem.peak_tree / 2**20,
-                     "load_avg": os.getloadavg()}
+                     "peak_private_mb": mem.peak_self_private / 2**20,
+                     "peak_private_tree_mb": mem.peak_tree_private / 2**20,
+                     "cpu_us_per_sample": parts, "load_avg": os.getloadavg()}
         print(f"loader {name}: stream {r['samples_per_s']:.0f} samples/s, one-process decode {decode:.0f} "
               f"tiles/s, ratio {out[name]['ratio']:.2f} (CPU-time ratio on 2 cores "
               f"{out[name]['cpu_ratio_two_cores']:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
@@ -291,6 +359,31 @@ def write_md(res: dict, path: Path) -> None:
                          f"{v['cpu_ratio_two_cores']:.2f} | {v['cpu_s_per_sample'] * 1e6:.0f} | "
                          f"{v['peak_rss_mb']:.0f} / {v['peak_rss_tree_mb']:.0f} | {v['load_avg'][0]:.1f} |")
         lines.append("")
+        if any("cpu_us_per_sample" in v for v in res["loader"].values()):
+            lines += ["Where a sample's CPU goes (µs; decode, read task and collate timed in one process, min of 5 "
+                      "interleaved runs; Ray Data = the stream's CPU per sample minus read task and collate). Two "
+                      "cores reach 1.5× the one-process decode rate only if a sample costs at most 1.33× its decode "
+                      "in all.", "",
+                      "| dataset | decode | read task (decode + prepare) | collate | Ray Data | stream total | "
+                      "total / decode |", "|---|---|---|---|---|---|---|"]
+            for k, v in res["loader"].items():
+                c = v.get("cpu_us_per_sample")
+                if c:
+                    lines.append(f"| {k} | {c['decode_us']:.0f} | {c['read_task_us']:.0f} | {c['collate_us']:.0f} | "
+                                 f"{c['ray_data_us']:.0f} | {v['cpu_s_per_sample'] * 1e6:.0f} | "
+                                 f"{v['cpu_s_per_sample'] * 1e6 / c['decode_us']:.2f} |")
+            lines.append("")
+    if res.get("loader_memory"):
+        lines += ["Memory against store size: the PLANTED stream over each store for as long, each in a new "
+                  "process with its own Ray. *Private*: RSS without shared pages, i.e. without the object store's "
+                  "pages a process has mapped (bounded by the object store's size, not by the stream).", "",
+                  "| tiles | samples/s | peak RSS consumer / all MB | peak private consumer / all MB |",
+                  "|---|---|---|---|"]
+        for row in res["loader_memory"]:
+            lines.append(f"| {row['tiles']} | {row['samples_per_s']:.0f} | {row['peak_rss_mb']:.0f} / "
+                         f"{row['peak_rss_tree_mb']:.0f} | {row['peak_private_mb']:.0f} / "
+                         f"{row['peak_private_tree_mb']:.0f} |")
+        lines.append("")
     if "budget" in res:
         lines += ["## Step-time spread: fixed batch sizes vs a token budget (tiny model, CPU, the run's schedule)", "",
                   "| batching | tokens/step max/min | step s mean | CV | max/min |", "|---|---|---|---|---|"]
@@ -325,17 +418,26 @@ def main(argv=None) -> int:
     ap.add_argument("--loader-seconds", type=float, default=20.0, help="seconds of streaming per dataset")
     ap.add_argument("--read-concurrency", type=int, default=os.cpu_count(), help="read tasks in flight")
     ap.add_argument("--loader-batch", default="planted=64,treesatai-ts=16")
+    ap.add_argument("--scale-stores", help="folder with larger stores of some of the datasets: the loader streams "
+                                           "them too and reports peak memory beside the smaller store's")
     ap.add_argument("--model-steps", type=int, default=2)
     ap.add_argument("--trainer-steps", type=int, default=10)
     ap.add_argument("--skip-base", action="store_true")
     ap.add_argument("--budget-steps", type=int, default=12)
     ap.add_argument("--tokens-per-batch", type=int, default=512)
+    ap.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one store folder, prints JSON
     args = ap.parse_args(argv)
     parts = set(args.only or ("loader", "model", "trainer", "budget"))
+    if args.memory_probe:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        quiet_ray_data()
+        print(json.dumps(memory_probe(Path(args.memory_probe), args.loader_seconds, args.read_concurrency)))
+        sys.stdout.flush()
+        os._exit(0)  # an open stream's executor would otherwise hold the interpreter at exit
 
     batch = {"planted": 8, "treesatai-ts": 2}
     stores = ensure_stores(Path(args.stores).resolve())
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     quiet_ray_data()
     res = {"machine": f"{platform.machine()} {os.cpu_count()} CPU, no GPU" if not torch.cuda.is_available()
            else torch.cuda.get_device_name(), "threads": torch.get_num_threads(),
@@ -348,6 +450,9 @@ def main(argv=None) -> int:
         cfg, plans = load_plans(stores, lb)
         res["loader_batch_sizes"] = lb
         res["loader"] = bench_loader(plans, args.loader_seconds, cfg.data.read_num_cpus, args.read_concurrency)
+        if args.scale_stores:
+            res["loader_memory"] = bench_memory([stores, Path(args.scale_stores).resolve()], args.loader_seconds,
+                                                args.read_concurrency)
     cfg, plans = load_plans(stores, batch)
     if "model" in parts:
         res["model"] = {"tiny": bench_model(cfg, plans, "tiny", args.model_steps)}

@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     batch = {"planted": 2, "treesatai-ts": 2} if dry else {k: int(v) for k, v in
                                                            (kv.split("=") for kv in args.batch.split(","))}
     stores = Path(args.stores).resolve()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     quiet_ray_data()
     cfg, plans = load(stores, size, batch)
     peak = peak_tflops(device, args.peak_tflops)

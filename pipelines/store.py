@@ -868,6 +868,12 @@ class StoreReader:
             self._splits = np.asarray(self.root["tiles/split"][:]).astype(object)
         return self._splits
 
+    def tile_splits(self, start: int, stop: int) -> np.ndarray:
+        """Split names of tiles ``[start, stop)`` (one small read, without the tile ids)."""
+        if self._splits is not None:
+            return self._splits[start:stop]
+        return np.asarray(self.root["tiles/split"][start:stop]).astype(object)
+
     def split_names(self) -> list[str]:
         return sorted(set(self.splits().tolist()) - {QUARANTINED})
 
@@ -892,12 +898,20 @@ class StoreReader:
         return keys
 
     def read(self, start: int, stop: int, sensors: Sequence[str] | None = None, *, labels: bool = True,
-             tiles: bool = True) -> dict[str, np.ndarray]:
+             tiles: bool = True, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Tiles ``[start, stop)`` as ``{"<sensor>/data"|"/dates"|"/mask", "labels/<name>", "tiles/id",
-        "tiles/split": ndarray}`` (the flat dict Ray Data batches use); arrays fetched concurrently."""
+        "tiles/split": ndarray}`` (the flat dict Ray Data batches use); arrays fetched concurrently.
+
+        ``rows`` (indices into the range, any order, e.g. a shuffled split): only those tiles, in that
+        order, each decoded straight into its place (the same as ``read(start, stop)[k][rows]`` without
+        decoding the others or copying the rest)."""
         n = len(self)
         if not 0 <= start <= stop <= n:
             raise IndexError(f"range [{start}, {stop}) outside the store's {n} tiles")
+        if rows is not None:
+            rows = np.asarray(rows, np.int64)
+            if rows.size and (rows.min() < 0 or rows.max() >= stop - start):
+                raise IndexError(f"rows outside the range [{start}, {stop})")
         keys = self._keys(sensors, labels, tiles)
         arrays = {k: self.root[k] for k in keys}
         out: dict[str, np.ndarray] = {}
@@ -912,11 +926,20 @@ class StoreReader:
         keys_fetch = [spec.key(i) for spec, shards in fast.values() for i in shards]
         blobs = dict(zip(keys_fetch, get_all(self.root.store, keys_fetch))) if keys_fetch else {}
         for k, (spec, shards) in fast.items():
-            res = np.empty((stop - start, *spec.shape[1:]), dtype=spec.dtype)
+            res = np.empty((stop - start if rows is None else len(rows), *spec.shape[1:]), dtype=spec.dtype)
             for i in shards:
                 s0 = i * spec.tiles
                 lo, hi = max(start, s0), min(stop, s0 + spec.tiles)
-                decode_shard(spec, blobs[spec.key(i)], lo - s0, hi - s0, res[lo - start:hi - start])
+                if rows is None:
+                    decode_shard(spec, blobs[spec.key(i)], lo - s0, hi - s0, res[lo - start:hi - start])
+                    continue
+                mine = np.flatnonzero((rows >= lo - start) & (rows < hi - start))
+                if len(mine) == len(rows):  # the range lies in this shard: decode into ``res`` itself
+                    decode_shard(spec, blobs[spec.key(i)], 0, 0, res, rows=rows + (start - s0))
+                elif len(mine):
+                    part = np.empty((len(mine), *spec.shape[1:]), dtype=spec.dtype)
+                    decode_shard(spec, blobs[spec.key(i)], 0, 0, part, rows=rows[mine] + (start - s0))
+                    res[mine] = part
             out[k] = res
         slow = [k for k in keys if k not in fast]
 
@@ -924,7 +947,7 @@ class StoreReader:
             return await asyncio.gather(*(arrays[k]._async_array.getitem(slice(start, stop)) for k in slow))
 
         for k, v in zip(slow, sync(fetch()) if slow else []):
-            v = np.asarray(v)
+            v = np.asarray(v) if rows is None else np.asarray(v)[rows]
             out[k] = v.astype(object) if k.startswith("tiles/") else v
         return {k: out[k] for k in keys}
 

@@ -128,8 +128,10 @@ class StoreStream:
         # preserve_order: blocks reach the iterator in item order, so batches are reproducible
         ds.context.execution_options.preserve_order = True
         extra: dict[str, Any] = {"resources": self.read_resources} if self.read_resources else {}
+        if self.read_concurrency:
+            extra["compute"] = ray.data.TaskPoolStrategy(size=self.read_concurrency)
         return ds.map_batches(self.read_fn(), batch_size=1, batch_format="numpy", num_cpus=self.read_num_cpus,
-                              concurrency=self.read_concurrency, **extra)
+                              **extra)
 
     def read_fn(self) -> ReadRange:
         """The per-item read function (with ``label``: rows also carry the label column); the hook

@@ -93,6 +93,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     it = StoreStream(plan, plan.split, train=True, rank=rank, world=world, seed=cfg.seed,
                      read_num_cpus=cfg.data.read_num_cpus, prefetch_batches=cfg.data.prefetch_batches,
+                     read_concurrency=cfg.data.read_concurrency, read_resources=cfg.data.read_resources,
                      label=task.label).batches(consumed)
     bf16 = runtime.use_bf16(cfg, device)
     eval_kw = dict(rank=rank, world=world, device=device, seed=cfg.seed, max_batches=cfg.eval.val_batches,

@@ -353,17 +353,18 @@ def _estimate_stats(reader: st.StoreReader, plan: SensorPlan, split: tuple[str, 
 
 def bands_float(x: np.ndarray, sp: SensorPlan) -> np.ndarray:
     """Raw stored bands (..., C_stored, H, W) -> float32 model bands incl. derived ratios (filled slots 0)."""
-    x = x.astype(np.float32, copy=False)
-    cols = []
-    for b in sp.bands:
+    out = np.empty(x.shape[:-3] + (len(sp.bands),) + x.shape[-2:], np.float32)
+    for i, b in enumerate(sp.bands):  # each band written once, straight into its slot
+        o = out[..., i, :, :]
         if b.filled:
-            cols.append(np.zeros(x.shape[:-3] + x.shape[-2:], np.float32))
+            o[...] = 0.0
         elif not b.derived:
-            cols.append(x[..., b.index, :, :])
+            o[...] = x[..., b.index, :, :]
         else:
-            r = x[..., b.num, :, :] / (x[..., b.den, :, :] + b.eps)
-            cols.append(np.clip(r, -b.clip, b.clip))
-    return np.stack(cols, axis=-3)
+            np.add(x[..., b.den, :, :], b.eps, out=o, dtype=np.float32)
+            np.divide(x[..., b.num, :, :], o, out=o, dtype=np.float32)
+            np.clip(o, -b.clip, b.clip, out=o)
+    return out
 
 
 def bands_mask(mask: np.ndarray | None, sp: SensorPlan, shape: tuple[int, ...]) -> np.ndarray:

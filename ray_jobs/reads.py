@@ -120,6 +120,8 @@ def normalised(data: np.ndarray, sp: SensorPlan, out: np.ndarray | None = None, 
     if inplace and direct and data.dtype == np.float32 and out is None:
         out = data  # a read task's own gathered copy: no second array of the same size
     x = data if direct else bands_float(data, sp)  # the stored bands in model order: no band stack
+    if not direct and out is None:
+        out = x  # bands_float's array is new: normalise it where it is
     chw = x.shape[-3:]
     if x.flags.c_contiguous and (out is None or out.flags.c_contiguous):
         # one contiguous inner loop per tile and step, not one per band row (MODIS rows are 1 px long)
@@ -177,39 +179,43 @@ class ReadRange:
         plan = self.plan
         start, stop = int(item["start"]), int(item["stop"])
         self._crops = {}
-        block = self.reader.read(start, stop, sorted({sp.stored for sp in plan.sensors.values()}), labels=False,
-                                 tiles=True)
-        idx = np.flatnonzero(np.isin(block["tiles/split"], self.splits))
+        idx = np.flatnonzero(np.isin(self.reader.tile_splits(start, stop), self.splits))
         epoch = int(item["epoch"])
         if self.train:
             idx = np.random.default_rng(seed_key(self.seed, plan.name, epoch, start)).permutation(idx)
         idx = idx[int(item["offset"])::int(item["stride"])][int(item["skip"]):]
         tiles = start + idx
+        # only this rank's tiles of the split, each decoded into its place in the shuffled order
+        block = self.reader.read(start, stop, sorted({sp.stored for sp in plan.sensors.values()}), labels=False,
+                                 tiles=False, rows=idx)
         out: dict[str, np.ndarray] = {"tile": tiles.astype(np.int64)}
         offsets = self._crop_offsets({k: block[f"{plan.sensors[k].stored}/data"].shape[-2:] for k in plan.crop
                                       if plan.crop[k]}, tiles, epoch)
         for key, sp in plan.sensors.items():
             data, dates = block[f"{sp.stored}/data"], block[f"{sp.stored}/dates"]
             mask = block[f"{sp.stored}/mask"] if sp.has_mask else None
-            rows = idx[:, None]
+            shared = sum(other.stored == sp.stored for other in plan.sensors.values()) > 1
             if sp.time_series:
-                real = real_steps(data, dates, mask)[idx]  # the whole range: no gather before the one below
-                src, steps = self._time_order(real, tiles, key, epoch)
+                src, steps = self._time_order(real_steps(data, dates, mask), tiles, key, epoch)
                 live = np.arange(src.shape[1])[None, :] < steps[:, None]
-                dates = np.where(live, dates[rows, src], -1)
+                moved = not (src == np.arange(src.shape[1])[None, :]).all()
+                dates = np.where(live, np.take_along_axis(dates, src, axis=1) if moved else dates, -1)
             else:
-                src, dates, steps, live = np.zeros_like(rows), dates[idx], None, None
+                src, moved, steps, live = None, False, None, None
+                dates = dates.copy() if shared else dates
             defer = (self.prepare and key in offsets and not sp.time_series and mask is None
                      and data.dtype.kind in "iub")
             if defer:  # collate crops while it converts: one pass over the image instead of two
                 self._crops[key] = (*data.shape[-2:], plan.crop[key], *offsets[key])
-                data = data[idx]
                 out.update(zip(crop_key(key), offsets[key]))
-            elif key in offsets:  # one gather: tiles, kept steps in order, crop window
-                data, mask = self._crop(data, mask, plan.crop[key], *offsets[key], key, rows=rows, src=src)
-            else:
+            elif key in offsets:  # one gather: kept steps in order and the crop window
+                data, mask = self._crop(data, mask, plan.crop[key], *offsets[key], key, src=src if moved else None)
+            elif moved:  # temporal dropout or steps to compact: one gather of the kept steps
+                rows = np.arange(len(data))[:, None]
                 data = data[rows, src]
                 mask = None if mask is None else mask[rows, src]
+            elif shared:  # another model sensor reads the same stored arrays: this one gets its own copy
+                data, mask = data.copy(), None if mask is None else mask.copy()
             if sp.time_series:
                 if mask is not None:
                     mask[~live] = False
@@ -218,7 +224,7 @@ class ReadRange:
                 dates[~known & live] = 0  # undated image: day 0
                 out[f"{key}/steps"] = steps
             if self.prepare and data.dtype.kind == "f":
-                data = normalised(data, sp, inplace=True)  # ``data`` is this task's gathered copy
+                data = normalised(data, sp, inplace=True)  # ``data`` is this task's own decoded copy
                 out_key = prepared_key(key)
             else:
                 out_key = f"{key}/data"
@@ -229,8 +235,7 @@ class ReadRange:
             if mask is not None:
                 out[f"{key}/mask"] = mask
         if self.label is not None:
-            lab = self.reader.read(start, stop, [], labels=True, tiles=False)[f"labels/{self.label}"]
-            y = lab[out["tile"] - start]
+            y = self.reader.read(start, stop, [], labels=True, tiles=False, rows=idx)[f"labels/{self.label}"]
             out["label"] = self._crop_label(y) if y.ndim == 3 and self._crops else y
         return out
 
@@ -281,22 +286,18 @@ class ReadRange:
             xs = np.full(len(tiles), (wb - sb) // 2, np.int64)
         return {k: (ys * r, xs * r) for k, r in ratios.items()}
 
-    def _crop(self, data, mask, size, ys, xs, key, rows=None, src=None):
-        """Crop windows ``size``² at per-tile offsets (one gather). ``rows``/``src`` (``(N, 1)`` tile
-        and ``(N, T)`` step indices into ``data``) select the tiles and steps in the same gather."""
-        h, w = data.shape[-2:]
+    def _crop(self, data, mask, size, ys, xs, key, src=None):
+        """Crop windows ``size``² at per-tile offsets (one gather). ``src`` (``(N, T)`` step indices into
+        ``data``) selects the steps in the same gather."""
         # offsets (top, left) per tile, kept so a dense label is cropped at exactly the same place
-        self._crops[key] = (h, w, size, ys, xs)
-        n = len(ys)
-        rows = np.arange(n) if rows is None else rows.reshape(-1)
-        steps = None if src is None else src
+        self._crops[key] = (*data.shape[-2:], size, ys, xs)
 
         def window(a):
-            out = np.empty((n, (steps if steps is not None else a).shape[1]) + a.shape[2:-2] + (size, size), a.dtype)
+            out = np.empty((len(ys), a.shape[1]) + a.shape[2:-2] + (size, size), a.dtype)
             # slice first (a view), then pick the steps: one copy of rows of ``size`` contiguous values
-            for i, (r, y, x) in enumerate(zip(rows, ys, xs)):
-                win = a[r, :, ..., y:y + size, x:x + size]
-                out[i] = win if steps is None else win[steps[i]]
+            for i, (y, x) in enumerate(zip(ys, xs)):
+                win = a[i, :, ..., y:y + size, x:x + size]
+                out[i] = win if src is None else win[src[i]]
             return out
 
         return window(data), None if mask is None else window(mask)

@@ -147,6 +147,15 @@ def test_reader_ranges_indices_and_splits(planted):
                              "modis/dates", "modis/mask", "labels/species"}
         for k, v in part.items():
             np.testing.assert_array_equal(v, full[k][a:b], err_msg=k)
+    # ``rows``: the tiles of a range in any order (a shuffled split), decoded straight into place, across
+    # shards (whole-shard path) and inside a small range (zarr's path)
+    for a, b, rows in ((10, 35, [24, 0, 7, 6, 13, 5]), (32, 40, [7, 0]), (3, 5, [1, 0]), (0, 16, [])):
+        part = r.read(a, b, ["s2", "l7"], rows=np.array(rows, np.int64))
+        for k, v in part.items():
+            np.testing.assert_array_equal(v, full[k][a:b][rows], err_msg=k)
+            assert len(v) == len(rows)
+    with pytest.raises(IndexError, match="rows outside"):
+        r.read(0, 8, ["s2"], rows=np.array([8]))
     idx = [17, 2, 2, 39]
     got = r.read_indices(idx, ["l7"])
     np.testing.assert_array_equal(got["l7/data"], full["l7/data"][idx])

@@ -15,10 +15,15 @@ from mlflow import MlflowClient
 
 from pipelines.store import FORMAT_VERSION
 from ray_jobs import pretrain
+from ray_jobs.batching import step_batch_size
+from ray_jobs.config import load_config, resolve_paths
+from ray_jobs.plan import resolve_plans
 from ray_jobs.runtime import CHECKPOINT_FILE, load_checkpoint_state
+from ray_jobs.schedule import Schedule
 from ray_jobs_helpers import REPO, TINY, both_datasets_seed, tiny_overrides
 
 FT_TINY = REPO / "configs/finetune/planted-cls-ft-tiny.yaml"
+TOKENS = 200
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +132,9 @@ def test_fault_injection_resumes_then_resubmit_resumes(ray_session, sample_store
     base = tiny_overrides(**{
         "name": "faulty", "seed": both_datasets_seed(3), "num_workers": 2, "data.root": str(sample_stores),
         "storage_path": str(tmp_path / "runs"), "mlflow.tracking_uri": uri, "mlflow.experiment": "e2e-fault",
-        "mlflow.log_model": False, "train.eval_every": 0, "train.max_failures": 1})
+        "mlflow.log_model": False, "train.eval_every": 0, "train.max_failures": 1,
+        # a token budget: PLANTED 3 samples at 30 m, TreeSatAI-TS 1 at 10 m and 7 at 20 m (not the fixed 4 / 2)
+        "data.tokens_per_batch": TOKENS})
     fault = "{rank: 1, step: 3, marker: %s}" % marker
     rc = pretrain.main(["--config", str(TINY)] + _sets(base + ["train.max_steps=6",
                                                                f"train.fault_injection={fault}"]))
@@ -147,3 +154,15 @@ def test_fault_injection_resumes_then_resubmit_resumes(ray_session, sample_store
     assert run.data.tags.get("anysat.resumed_from_step") == "6"
     assert _history_steps(client, run.info.run_id) == [2, 4, 6, 8]
     assert run.info.status == "FINISHED"
+    # every step took the budget's batch size for its draw, across the kill and the resubmission: the tiles
+    # each rank consumed are exactly the sums the schedule gives, and the budget changed the batch sizes
+    state = load_checkpoint_state(sorted(c for c in (tmp_path / "runs" / "faulty").glob("checkpoint_*")
+                                         if c.is_dir())[-1] / CHECKPOINT_FILE)
+    cfg = resolve_paths(load_config(TINY, base))
+    plans = resolve_plans(cfg)
+    schedule = Schedule(cfg.seed, {n: (p.weight, p.patch_sizes_m) for n, p in plans.items()})
+    want = dict.fromkeys(plans, 0)
+    for entry in map(schedule.at, range(8)):
+        want[entry.dataset] += step_batch_size(plans[entry.dataset], entry.patch_size_m, TOKENS)
+    assert state["consumed_tiles"] == want
+    assert want != {n: c * plans[n].batch_size for n, c in state["consumed"].items()}

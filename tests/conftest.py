@@ -20,13 +20,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LOADER_RESOURCE = "loader"
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     import ray
 
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        # a private cluster whatever address file another Ray left behind; one custom resource stands for the
+        # CPU-only loader nodes of a heterogeneous cluster (data.read_resources)
+        ray.init(address="local", num_cpus=2, resources={LOADER_RESOURCE: 4}, include_dashboard=False,
+                 logging_level=logging.WARNING)
         started = True
     yield ray
     if started:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import ray
 import torch
 
 from ray_jobs.batching import batch_table, step_batch_size
@@ -131,3 +132,32 @@ def test_feed_of_varying_sizes_resumes_at_the_next_tile(ray_session, plans):
     np.testing.assert_array_equal(resumed.next(4)["tile"], got[4]["tile"])
     with pytest.raises(ValueError):
         feed.next(0)
+
+
+LOADER_RESOURCE = "loader"  # the custom resource tests/conftest.py gives the session's Ray node
+
+
+def _where_read_tasks_run(plan, read_resources):
+    """The ``loader`` resource Ray assigned to each read task of a stream (one row per tile)."""
+
+    class Where(ReadRange):  # local class: pickled by value into the read tasks
+        def __call__(self, rows):
+            out = super().__call__(rows)
+            got = ray.get_runtime_context().get_assigned_resources().get(LOADER_RESOURCE, 0.0)
+            out["loader"] = np.full(len(out["tile"]), got)
+            return out
+
+    class Stream(StoreStream):
+        def read_fn(self):
+            return Where(self.plan, self.split, self.train, self.seed, prepare=True)
+
+    stream = Stream(plan, "train", train=True, rank=0, world=1, seed=0, read_resources=read_resources,
+                    read_concurrency=1)
+    return next(stream.blocks())["loader"]
+
+
+def test_read_resources_place_the_read_tasks(ray_session, plans):
+    # data.read_resources: the read tasks hold the custom resource of the CPU-only loader nodes, so Ray runs
+    # them there (the session's node has 4 units of it); without it they ask for none
+    assert (_where_read_tasks_run(plans["planted"], {LOADER_RESOURCE: 1}) == 1.0).all()
+    assert (_where_read_tasks_run(plans["planted"], None) == 0.0).all()

@@ -23,7 +23,7 @@ from ray_jobs.schedule import Schedule
 from ray_jobs_helpers import REPO, TINY, both_datasets_seed, tiny_overrides
 
 FT_TINY = REPO / "configs/finetune/planted-cls-ft-tiny.yaml"
-TOKENS = 200
+TOKENS = 81
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,8 @@ def test_fault_injection_resumes_then_resubmit_resumes(ray_session, sample_store
         "name": "faulty", "seed": both_datasets_seed(3), "num_workers": 2, "data.root": str(sample_stores),
         "storage_path": str(tmp_path / "runs"), "mlflow.tracking_uri": uri, "mlflow.experiment": "e2e-fault",
         "mlflow.log_model": False, "train.eval_every": 0, "train.max_failures": 1,
-        # a token budget: PLANTED 3 samples at 30 m, TreeSatAI-TS 1 at 10 m and 7 at 20 m (not the fixed 4 / 2)
+        # a token budget: PLANTED 1 sample at 30 m (65 tokens), TreeSatAI-TS 1 at 10 m and 3 at 20 m (108 and 27
+        # tokens), not the fixed 4 / 2; small, because a TreeSatAI-TS sample's aerial image is slow on CPU
         "data.tokens_per_batch": TOKENS})
     fault = "{rank: 1, step: 3, marker: %s}" % marker
     rc = pretrain.main(["--config", str(TINY)] + _sets(base + ["train.max_steps=6",

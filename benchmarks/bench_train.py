@@ -188,20 +188,21 @@ def cost_breakdown(plan: DataPlan, reps: int = 5) -> dict:
     read = ReadRange(plan, tuple(plan.stored_splits), True, 0, prepare=True)
     item = stream_items(plan, tuple(plan.stored_splits), True, 0, 1, 0, 0)[0]
     a, b = int(item["start"]), int(item["stop"])
-    t: dict[str, list[float]] = {"decode": [], "read_task": [], "collate": []}
+    batches = (b - a) // plan.batch_size
+    t: dict[str, list[float]] = {"decode": [], "read_task": [], "collate": []}  # CPU s per sample
     for _ in range(reps):
         c = time.process_time()
         reader.read(a, b, sensors, labels=False, tiles=False)
-        t["decode"].append(time.process_time() - c)
+        t["decode"].append((time.process_time() - c) / (b - a))
         c = time.process_time()
         block = read.read_item(item)
-        t["read_task"].append(time.process_time() - c)
+        t["read_task"].append((time.process_time() - c) / (b - a))
         feed = Feed(iter([block]))
         c = time.process_time()
-        for _ in range((b - a) // plan.batch_size):
+        for _ in range(batches):
             collate(feed.next(plan.batch_size), plan)
-        t["collate"].append((time.process_time() - c) / ((b - a) // plan.batch_size * plan.batch_size) * (b - a))
-    return {f"{k}_us": min(v) / (b - a) * 1e6 for k, v in t.items()}
+        t["collate"].append((time.process_time() - c) / (batches * plan.batch_size))
+    return {f"{k}_us": min(v) * 1e6 for k, v in t.items()}
 
 
 def memory_probe(stores: Path, seconds: float, concurrency: int | None) -> dict:
@@ -220,8 +221,8 @@ def bench_memory(dirs: list[Path], seconds: float, concurrency: int | None) -> l
     """:func:`memory_probe` per store folder, each in a new process."""
     out = []
     for d in dirs:
-        cmd = [sys.executable, __file__, "--memory-probe", str(d), "--loader-seconds", str(seconds),
-               "--read-concurrency", str(concurrency)]
+        cmd = [sys.executable, __file__, "--memory-probe", str(d), "--loader-seconds", str(seconds)]
+        cmd += ["--read-concurrency", str(concurrency)] if concurrency else []
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(f"memory {d}: {out[-1]['tiles']} tiles, peak private consumer / all "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import google_crc32c
 import numpy as np
@@ -86,12 +86,10 @@ def encode_shard(spec: ShardSpec, block: np.ndarray) -> bytes:
     return b"".join(parts) + ib + np.uint32(google_crc32c.value(ib)).tobytes()
 
 
-def decode_shard(spec: ShardSpec, buf: bytes | None, lo: int, hi: int, out: np.ndarray,
-                 rows: np.ndarray | None = None) -> None:
-    """Decode tiles ``lo..hi`` (shard-relative) of a shard object into ``out`` (``hi - lo`` rows), or, with
-    ``rows``, the shard-relative tiles ``rows`` in that order (a training read's shuffled split): each tile
-    is decoded straight into its place, so no gather copy follows."""
-    tiles = range(lo, hi) if rows is None else rows.tolist()
+def decode_shard(spec: ShardSpec, buf: bytes | None, tiles: Sequence[int], out: np.ndarray) -> None:
+    """Decode the shard-relative ``tiles`` of a shard object, in that order, into ``out`` (one row each): a
+    contiguous ``range`` for plain reads, a shuffled split for training reads, each tile decoded straight
+    into its row so that no gather copy follows."""
     if buf is None:
         out[...] = spec.fill_value
         return
@@ -101,15 +99,14 @@ def decode_shard(spec: ShardSpec, buf: bytes | None, lo: int, hi: int, out: np.n
         raise ValueError(f"{spec.path}: shard index checksum mismatch (damaged shard object)")
     index = np.frombuffer(ib, dtype="<u8").reshape(spec.tiles, 2).tolist()
     dst = out.view(np.uint8) if out.dtype == np.bool_ else out
-    # numcodecs' own blosc function: Blosc.decode re-validates both buffers on every call, which was most of
-    # the cost for the many tiny chunks (dates, MODIS pixels) of a shard
-    decompress = blosc_decompress if isinstance(spec.blosc, Blosc) else spec.blosc.decode
     for j, i in enumerate(tiles):
         o, ln = index[i]
         if o == _MAX_INDEX:
             out[j] = spec.fill_value
             continue
-        decompress(mv[o:o + ln], dst[j])
+        # numcodecs' blosc function, not Blosc.decode: that re-validates both buffers on every call, which was
+        # most of the cost for the many tiny chunks (dates, MODIS pixels) of a shard
+        blosc_decompress(mv[o:o + ln], dst[j])
 
 
 def put_all(store, puts: list[tuple[str, bytes]]) -> None:

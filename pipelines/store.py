@@ -931,14 +931,14 @@ class StoreReader:
                 s0 = i * spec.tiles
                 lo, hi = max(start, s0), min(stop, s0 + spec.tiles)
                 if rows is None:
-                    decode_shard(spec, blobs[spec.key(i)], lo - s0, hi - s0, res[lo - start:hi - start])
+                    decode_shard(spec, blobs[spec.key(i)], range(lo - s0, hi - s0), res[lo - start:hi - start])
                     continue
                 mine = np.flatnonzero((rows >= lo - start) & (rows < hi - start))
                 if len(mine) == len(rows):  # the range lies in this shard: decode into ``res`` itself
-                    decode_shard(spec, blobs[spec.key(i)], 0, 0, res, rows=rows + (start - s0))
+                    decode_shard(spec, blobs[spec.key(i)], (rows + (start - s0)).tolist(), res)
                 elif len(mine):
                     part = np.empty((len(mine), *spec.shape[1:]), dtype=spec.dtype)
-                    decode_shard(spec, blobs[spec.key(i)], 0, 0, part, rows=rows[mine] + (start - s0))
+                    decode_shard(spec, blobs[spec.key(i)], (rows[mine] + (start - s0)).tolist(), part)
                     res[mine] = part
             out[k] = res
         slow = [k for k in keys if k not in fast]

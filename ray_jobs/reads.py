@@ -152,6 +152,10 @@ class ReadRange:
         self.plan, self.split, self.train, self.seed = plan, split, train, seed
         self.splits = plan.resolve_split(split)
         self.label, self.prepare = label, prepare
+        groups = [sp.stored for sp in plan.sensors.values()]
+        self._stored = sorted(set(groups))
+        # model sensors assembled from the same stored group: each needs its own copy of the decoded arrays
+        self._shared = {k for k, sp in plan.sensors.items() if groups.count(sp.stored) > 1}
         self._crops: dict[str, tuple] = {}
         self._reader = None
 
@@ -186,15 +190,14 @@ class ReadRange:
         idx = idx[int(item["offset"])::int(item["stride"])][int(item["skip"]):]
         tiles = start + idx
         # only this rank's tiles of the split, each decoded into its place in the shuffled order
-        block = self.reader.read(start, stop, sorted({sp.stored for sp in plan.sensors.values()}), labels=False,
-                                 tiles=False, rows=idx)
+        block = self.reader.read(start, stop, self._stored, labels=False, tiles=False, rows=idx)
         out: dict[str, np.ndarray] = {"tile": tiles.astype(np.int64)}
         offsets = self._crop_offsets({k: block[f"{plan.sensors[k].stored}/data"].shape[-2:] for k in plan.crop
                                       if plan.crop[k]}, tiles, epoch)
         for key, sp in plan.sensors.items():
             data, dates = block[f"{sp.stored}/data"], block[f"{sp.stored}/dates"]
             mask = block[f"{sp.stored}/mask"] if sp.has_mask else None
-            shared = sum(other.stored == sp.stored for other in plan.sensors.values()) > 1
+            shared = key in self._shared
             if sp.time_series:
                 src, steps = self._time_order(real_steps(data, dates, mask), tiles, key, epoch)
                 live = np.arange(src.shape[1])[None, :] < steps[:, None]

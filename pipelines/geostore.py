@@ -16,13 +16,14 @@ exports the footprints to GeoParquet. Nothing here imports ``pipelines.store``: 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import rioxarray  # noqa: F401  (registers the .rio accessor used by open_tile)
-import xarray as xr
 
 from pipelines.georef import NO_CRS, Footprint, GridRef
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 CRS_KEY = "geo/crs"
 FOOTPRINT_KEY = "geo/footprint"
@@ -132,6 +133,9 @@ def open_tile(reader: Any, i: int, sensor: str) -> xr.DataArray:
     ``da.rio.bounds()`` work); without one, ``attrs["georeference"]`` says why. ``reader`` is a
     ``pipelines.store.StoreReader``.
     """
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+    import xarray as xr
+
     meta = reader.meta
     if sensor not in meta.sensors:
         raise KeyError(f"{reader.url}: no sensor {sensor!r}; stored: {', '.join(meta.sensors)}")

@@ -3,25 +3,25 @@ prediction grids, and the evaluation report that bundles them.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, not through ``pyplot``: no GUI
 backend is needed on a headless worker, no global figure registry has to be cleaned up, and
-importing this module changes no process-wide matplotlib setting.
+importing this module changes no process-wide matplotlib setting. Matplotlib itself is imported when
+the first figure is drawn: every training worker imports this module, and only rank 0 ever plots.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
 import numpy as np
 import torch
-from matplotlib.colors import ListedColormap
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from ray_jobs.finetune_config import ResolvedTask
 from ray_jobs.plan import DataPlan
 from ray_jobs.tracking import Tracker
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["per_class_table", "confusion_figure", "per_class_figure", "prediction_grid", "preview_figure",
            "log_evaluation", "log_preview"]
@@ -45,13 +45,19 @@ def per_class_table(per_class: dict[str, torch.Tensor], classes: list[str]) -> t
 
 
 # ----------------------------------------------------------------------------------------- figures
+def _figure(figsize: tuple[float, float]) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
 def confusion_figure(conf: torch.Tensor, classes: list[str], title: str = "") -> Figure:
     """Row-normalised confusion matrix (rows = truth); counts in the title."""
     c = conf.double().cpu().numpy()
     norm = c / np.maximum(c.sum(1, keepdims=True), 1)
     k = len(classes)
     size = max(4.0, 0.22 * k + 2)
-    fig = Figure(figsize=(size + 1, size))
+    fig = _figure((size + 1, size))
     ax = fig.subplots()
     im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues", interpolation="nearest")
     ax.set_xticks(range(k))
@@ -76,7 +82,7 @@ def confusion_figure(conf: torch.Tensor, classes: list[str], title: str = "") ->
 def per_class_figure(per_class: dict[str, torch.Tensor], classes: list[str], title: str = "") -> Figure:
     """Precision, recall and F1 bars per class (multi-label tasks have no confusion matrix)."""
     k = len(classes)
-    fig = Figure(figsize=(max(5, 0.3 * k + 2), 3.5))
+    fig = _figure((max(5, 0.3 * k + 2), 3.5))
     ax = fig.subplots()
     w = 0.27
     for i, name in enumerate(("precision", "recall", "f1")):
@@ -103,12 +109,16 @@ def _rgb(img: np.ndarray) -> np.ndarray:
 def prediction_grid(samples: list, classes: list[str], ignore_index: int | None = None, title: str = "") -> Figure:
     """Rows = samples: input (first sensor, first date, first 3 bands), truth, prediction; one
     discrete colour per class, pixels with label outside [0, K) or = ignore_index shown white."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
+
     k = len(classes)
     base = matplotlib.colormaps["tab20" if k <= 20 else "gist_ncar"].resampled(k)
     cmap = ListedColormap([base(i) for i in range(k)])
     cmap.set_bad("white")
     n = len(samples)
-    fig = Figure(figsize=(7, 2.3 * n))
+    fig = _figure((7, 2.3 * n))
     axes = fig.subplots(n, 3, squeeze=False)
     for r, (pred, true, x) in enumerate(samples):
         key = next(iter(x))
@@ -138,7 +148,7 @@ def preview_figure(x: dict[str, torch.Tensor], plan: DataPlan, n: int = 4) -> Fi
     keys = list(plan.sensors)
     b = int(next(iter(x.values())).shape[0])
     n = min(n, b)
-    fig = Figure(figsize=(2.2 * n, 2.2 * len(keys)))
+    fig = _figure((2.2 * n, 2.2 * len(keys)))
     axes = fig.subplots(len(keys), n, squeeze=False)
     for r, key in enumerate(keys):
         v = x[key].float().cpu().numpy()

@@ -58,7 +58,7 @@ def ray_head(tmp_path):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # a head's start-up takes minutes on a loaded 2-core machine
         while True:
             r = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True,
                                text=True, timeout=60)

@@ -10,7 +10,7 @@ pass, all reads, validation, encoding, writes, markers and the final attrs.
 Figures:
 - tiles/s and MB/s (uncompressed store bytes incl. time padding, and raw archive bytes read);
 - the codec limit: one core encoding the very same arrays with the store's compressor (whole shards via
-  ``pipelines.store.encode_shard``), no reading, no validation; N cores can at best do N times that;
+  ``pipelines.shardio.encode_shard``), no reading, no validation; N cores can at best do N times that;
 - peak RSS at 1x and 4x the archive size (memory should not grow with the archive);
 - before/after: the same runs with zarr's generic shard writer (ANYSAT_STORE_FAST_IO=0), and a
   comparison of candidate compressors on the PLANTED S2 bytes.
@@ -41,7 +41,9 @@ sys.path.insert(0, ROOT)
 
 from pipelines.ingest import run_ingest  # noqa: E402
 from pipelines.samplegen import generator_available, get_generator  # noqa: E402
-from pipelines.store import StoreReader, encode_shard, shard_spec, zarr_store  # noqa: E402
+from pipelines.shardio import encode_shard, shard_spec  # noqa: E402
+from pipelines.storage import zarr_store  # noqa: E402
+from pipelines.store import StoreReader  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------

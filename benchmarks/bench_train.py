@@ -43,7 +43,9 @@ sys.path.insert(0, str(REPO))  # runnable from a checkout that is not installed
 
 from pipelines.ingest import run_ingest  # noqa: E402
 from pipelines.samplegen import get_generator  # noqa: E402
-from pipelines.store import StoreReader, check_format, store_url  # noqa: E402
+from pipelines.storage import store_url  # noqa: E402
+from pipelines.store import StoreReader  # noqa: E402
+from pipelines.store_meta import check_format  # noqa: E402
 from ray_jobs import pretrain  # noqa: E402
 from ray_jobs.batching import step_batch_size  # noqa: E402
 from ray_jobs.config import PretrainConfig, load_config, resolve_paths  # noqa: E402

@@ -10,7 +10,8 @@ some tiles quarantined). The `ingest` recipe therefore prints this line before m
     ingest finished with exit code 3: partial, 2 tiles quarantined, see data/stores/planted.zarr/quarantine.json; make exits 2
 
 This module stays light (no Ray, no zarr): it runs after every `make ingest`. The codes are those
-of `pipelines.ingest` (EXIT_OK, EXIT_USAGE, EXIT_QUARANTINED); tests/infra checks they agree.
+of `pipelines.ingest` (EXIT_OK, EXIT_USAGE, EXIT_QUARANTINED in `pipelines.ingest_outcome`); tests/infra
+checks they agree.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from typing import Any
 
 import psutil
 
-from pipelines import store as st
+from pipelines.storage import filesystem, is_remote
 
 #: Seconds without a heartbeat after which a lock is considered abandoned (``--lock-timeout``).
 DEFAULT_TIMEOUT_S = 300.0
@@ -136,8 +136,8 @@ class StoreLock:
         self.heartbeat_every_s = float(heartbeat_every_s or max(0.05, min(30.0, self.timeout_s / 4)))
         self.dataset = dataset
         self.settle_s = settle_s
-        self.remote = st.is_remote(self.url)
-        self.fs, self.path = st.filesystem(self.url, self.storage_options)
+        self.remote = is_remote(self.url)
+        self.fs, self.path = filesystem(self.url, self.storage_options)
         self.id = uuid.uuid4().hex
         self.started = time.time()
         self.held = False

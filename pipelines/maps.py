@@ -34,7 +34,7 @@ from rasterio.crs import CRS
 from rasterio.windows import Window
 
 from pipelines.scene import Grid, geotransform
-from pipelines.store import filesystem, is_remote, read_json, remove, zarr_store
+from pipelines.storage import filesystem, is_remote, read_json, remove, zarr_store
 
 __all__ = ["MAP_FORMAT", "MapError", "MapVariable", "MapLayout", "map_state", "create_map", "write_map_shard",
            "done_shards",

@@ -1,6 +1,7 @@
-"""AnySat's normalisation statistics: per-sample averages, computed at ingest beside the pooled ones.
+"""Per-band normalisation statistics computed at ingest: pooled ones and AnySat's per-sample averages.
 
-The store has always recorded *pooled* statistics (``stats``, :func:`pipelines.store.partial_stats`):
+The store has always recorded *pooled* statistics (``stats``, :func:`partial_stats`, :func:`merge_stats`,
+:func:`finalize_stats`: exact mergeable partials, a count, sum, sum of squares, min and max per band):
 the mean and standard deviation of every valid value of the training tiles taken together. The
 official AnySat loaders normalise differently: for every training sample they take each band's mean
 and standard deviation over all of that sample's dates and pixels, and the dataset statistic is the
@@ -36,12 +37,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["SampleStats", "tile_moments", "partial_sample_stats", "merge_sample_partials",
-           "finalize_sample_stats", "combine_splits"]
+__all__ = ["partial_stats", "merge_stats", "finalize_stats", "SampleStats", "tile_moments",
+           "partial_sample_stats", "merge_sample_partials", "finalize_sample_stats", "combine_splits"]
 
 _CHUNK_VALUES = 1 << 22
 """Values (tiles x time x bands x pixels) processed at once: bounds the float64 temporaries (32 MB)."""
@@ -187,3 +188,73 @@ def combine_splits(per_split: dict[str, SampleStats], splits: Sequence[str]
 
     return avg("mean"), avg("std")
 
+
+# ---------------------------------------------------------------------------------- pooled (stats)
+def partial_stats(data: np.ndarray, valid: np.ndarray | None = None) -> dict[str, list]:
+    """Per-band partial statistics of ``(T, C, H, W)`` values (real time steps only, NaN excluded).
+
+    ``valid`` (``(T, 1|C, H, W)`` bool, the archive's validity mask) excludes fill values and clouds:
+    PASTIS' -10000 or a zero-padded FLAIR window would otherwise drag the normalisation statistics.
+
+    Sums are float64 (numpy's pairwise summation), so merging partials in a fixed order (shard order)
+    gives the same bits however the work was split across workers or resumed runs.
+    """
+    c = data.shape[1]
+    x = np.moveaxis(data, 1, 0).reshape(c, -1).astype(np.float64, copy=False)
+    finite = np.isfinite(x)
+    if valid is not None:
+        v = np.broadcast_to(valid, data.shape)
+        finite &= np.moveaxis(v, 1, 0).reshape(c, -1)
+    all_finite = bool(finite.all())
+    if not all_finite:
+        x = np.where(finite, x, 0.0)
+    count = finite.sum(axis=1) if not all_finite else np.full(c, x.shape[1], dtype=np.int64)
+    s = x.sum(axis=1)
+    ss = np.einsum("ij,ij->i", x, x)
+    if all_finite:
+        mn, mx = (x.min(axis=1), x.max(axis=1)) if x.shape[1] else (np.full(c, np.inf), np.full(c, -np.inf))
+    else:
+        mn = np.where(finite, x, np.inf).min(axis=1)
+        mx = np.where(finite, x, -np.inf).max(axis=1)
+    return {"count": count.astype(np.int64).tolist(), "sum": s.tolist(), "sumsq": ss.tolist(),
+            "min": [None if not np.isfinite(v) else float(v) for v in mn],
+            "max": [None if not np.isfinite(v) else float(v) for v in mx],
+            "nan_count": (x.shape[1] - count).astype(np.int64).tolist()}
+
+
+def merge_stats(parts: Iterable[dict | None]) -> dict[str, list] | None:
+    """Merge partials (order matters only in the last float bit; callers use shard order)."""
+    out = None
+    for p in parts:
+        if p is None:
+            continue
+        if out is None:
+            out = {k: list(v) for k, v in p.items()}
+            continue
+        for i in range(len(out["count"])):
+            out["count"][i] += p["count"][i]
+            out["nan_count"][i] += p["nan_count"][i]
+            out["sum"][i] += p["sum"][i]
+            out["sumsq"][i] += p["sumsq"][i]
+            for k, f in (("min", min), ("max", max)):
+                a, b = out[k][i], p[k][i]
+                out[k][i] = b if a is None else a if b is None else f(a, b)
+    return out
+
+
+def finalize_stats(p: dict[str, list] | None, bands: Sequence[str]) -> dict[str, Any]:
+    """Add mean and (population) std to merged partials; ``None`` where a band had no values."""
+    c = len(bands)
+    if p is None:
+        p = {"count": [0] * c, "sum": [0.0] * c, "sumsq": [0.0] * c, "min": [None] * c, "max": [None] * c,
+             "nan_count": [0] * c}
+    mean, std = [], []
+    for n, s, ss in zip(p["count"], p["sum"], p["sumsq"]):
+        if n == 0:
+            mean.append(None)
+            std.append(None)
+            continue
+        m = s / n
+        mean.append(m)
+        std.append(math.sqrt(max(ss / n - m * m, 0.0)))
+    return {"bands": list(bands), **p, "mean": mean, "std": std}

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from pipelines import store as st
+from pipelines.store_meta import existing_format
 from ray_jobs.overrides import ConfigError, apply_overrides, one_line, parse_override, read_yaml
 from ray_jobs.epochs import EpochFields
 
@@ -350,7 +350,7 @@ def check_stores(cfg: TrainConfig) -> None:
     for d in cfg.data.datasets:
         url = store_url(cfg, d)
         # Something that is there but not a store is StoreReader's error to name, with the reason.
-        if st.existing_format(url, cfg.data.storage_options if _is_url(url) else None) is None:
+        if existing_format(url, cfg.data.storage_options if _is_url(url) else None) is None:
             missing.append(f"{d.name}: {url}")
     if missing:
         raise ConfigError(f"missing stores ({'; '.join(missing)}): build them with `make sample-data ingest "

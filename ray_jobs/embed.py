@@ -24,7 +24,7 @@ single-date "sensor" so any store reader understands them: ``anysat-tile/data`` 
 ``anysat-dense/data`` ``(N, 1, 2D, m, m)`` (dense features of the first sensor, or the task's
 ``output_modality``: patch token ‖ sub-patch feature per sub-patch), all float32; segmentation maps
 as ``labels/<label>`` ``(N, H, W)`` int16 class indices (-1 = not predicted), with the task's classes and ignore index in the array attributes. The root attribute
-``embedding`` (:class:`pipelines.store.EmbeddingMeta`) describes the model and options.
+``embedding`` (:class:`pipelines.store_meta.EmbeddingMeta`) describes the model and options.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ from tqdm import tqdm
 
 from anysat import AnySat
 from pipelines import store as st
+from pipelines.storage import is_remote, store_url, zarr_store
+from pipelines.store_layout import LabelLayout, SensorLayout, StoreLayout
+from pipelines.store_meta import EmbeddingMeta, StoreMeta, write_meta
 from ray_jobs.cli import entrypoint_parser, run_cli, script
 from ray_jobs.cluster import check_gpus, init_ray
 from ray_jobs.data import ReadRange, collate, quiet_ray_data, stream_items
@@ -125,7 +128,7 @@ def _prepare(args: argparse.Namespace) -> _Job:
         raise ValueError(f"splits {bad} not in the store (splits: {sorted(plan.split_aliases)})")
     # aliases (PASTIS-HD train = fold1-3) -> the stored splits, each once
     stored = tuple(dict.fromkeys(n for s in splits for n in plan.resolve_split(s)))
-    out_url = args.out if args.out.rstrip("/").endswith(".zarr") else st.store_url(args.out, plan.name)
+    out_url = args.out if args.out.rstrip("/").endswith(".zarr") else store_url(args.out, plan.name)
     if out_url.rstrip("/") == plan.url.rstrip("/"):
         raise ValueError("--out would overwrite the input store")
     spec, desc = _model_spec(args, cfg, plan, task)
@@ -140,32 +143,32 @@ def _prepare(args: argparse.Namespace) -> _Job:
     return _Job(args, cfg, plan, task, stored, spec, desc, out_url)
 
 
-def _layout(source: st.StoreMeta, plan: DataPlan, task: ResolvedTask, output: str, first: np.ndarray,
-            label: str | None) -> st.StoreLayout:
+def _layout(source: StoreMeta, plan: DataPlan, task: ResolvedTask, output: str, first: np.ndarray,
+            label: str | None) -> StoreLayout:
     """The output store's arrays, sized by the first result block ``first``."""
     sensors, labels = {}, {}
     if output == "segmentation":
-        labels[label] = st.LabelLayout(label, "segmentation", list(task.classes), list(first.shape[-2:]), "int16",
-                                       ignore_index=None)
+        labels[label] = LabelLayout(label, "segmentation", list(task.classes), list(first.shape[-2:]), "int16",
+                                    ignore_index=None)
     else:
         dim, n = int(first.shape[1]), int(first.shape[-1])  # dense: n = patches x sub-patches per side
         res = plan.tile_m / n
         key = f"anysat-{output}"
-        sensors[key] = st.SensorLayout(key, 1, dim, n, n, "float32", [f"e{i}" for i in range(dim)], res, False)
-    return st.StoreLayout(source.dataset, source.n_tiles, source.tiles_per_shard, sensors, labels)
+        sensors[key] = SensorLayout(key, 1, dim, n, n, "float32", [f"e{i}" for i in range(dim)], res, False)
+    return StoreLayout(source.dataset, source.n_tiles, source.tiles_per_shard, sensors, labels)
 
 
 class ShardEmbedder:
     """Ray Data actor: store shard ranges -> read, predicted in batches, written as output shards."""
 
     def __init__(self, model_spec: dict, plan: DataPlan, output: str, patch_size_m: int, splits: tuple[str, ...],
-                 seed: int, out_url: str, storage_options: dict | None, layout: st.StoreLayout, label: str | None,
+                 seed: int, out_url: str, storage_options: dict | None, layout: StoreLayout, label: str | None,
                  use_gpu: bool = False, dense_modality: str | None = None):
         self.predict = Predictor(model_spec, plan, output, patch_size_m, use_gpu, dense_modality)
         self.read = ReadRange(plan, splits, False, seed)
         src = st.StoreReader(plan.url, plan.storage_options)
         self.ids, self.splits = src.ids(), src.splits()
-        self.root = zarr.open_group(st.zarr_store(out_url, storage_options), mode="r+", zarr_format=3)
+        self.root = zarr.open_group(zarr_store(out_url, storage_options), mode="r+", zarr_format=3)
         self.plan, self.output, self.layout, self.label = plan, output, layout, label
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -208,11 +211,11 @@ def _run(job: _Job) -> int:
         if args.output == "dense" else None
     label = f"{task.label}_pred" if args.output == "segmentation" else None
     layout = _layout(reader.meta, plan, task, args.output, _first_output(job, plan, dense), label)
-    meta = st.StoreMeta.for_layout(
+    meta = StoreMeta.for_layout(
         layout, task=reader.meta.task, tile_m=plan.tile_m,
-        embedding=st.EmbeddingMeta(source_store=plan.url, model=job.description, output=args.output,
-                                   patch_size_m=task.patch_size_m, splits=job.splits, sensors=tuple(plan.sensors)))
-    so = cfg.data.storage_options if st.is_remote(job.out_url) else None
+        embedding=EmbeddingMeta(source_store=plan.url, model=job.description, output=args.output,
+                                patch_size_m=task.patch_size_m, splits=job.splits, sensors=tuple(plan.sensors)))
+    so = cfg.data.storage_options if is_remote(job.out_url) else None
     st.create_store(job.out_url, layout, meta, so)
 
     # every store shard, with or without selected tiles (those still get their ids and splits)
@@ -233,7 +236,7 @@ def _run(job: _Job) -> int:
             bar.update(int(b["tiles"].sum()))
     if written != expected or shards != len(items):  # never happens unless rows went missing
         raise RuntimeError(f"{written} of {expected} tiles in {shards} of {len(items)} shards were written")
-    st.write_meta(job.out_url, meta.replace(status="complete"), so)
+    write_meta(job.out_url, meta.replace(status="complete"), so)
     dt = time.perf_counter() - t0
     print(f"wrote {written} tiles of {args.output} outputs to {job.out_url} in {dt:.1f} s ({job.description})")
     if not args.no_mlflow and cfg.mlflow.enabled:
@@ -247,7 +250,7 @@ def _run(job: _Job) -> int:
     return 0
 
 
-def _write_shard(root, layout: st.StoreLayout, s: int, rows: list[tuple[int, np.ndarray]], ids: np.ndarray,
+def _write_shard(root, layout: StoreLayout, s: int, rows: list[tuple[int, np.ndarray]], ids: np.ndarray,
                  splits: np.ndarray, output: str, label: str | None) -> int:
     lo, hi = layout.shard_range(s)
     block = st.empty_block(layout, hi - lo)

@@ -41,7 +41,7 @@ import fsspec
 import numpy as np
 
 from pipelines import stats as ps
-from pipelines.store import StoreMeta
+from pipelines.store_meta import StoreMeta
 
 __all__ = ["NORMALIZATIONS", "StoredStatistics", "stored_statistics", "file_statistics", "sample_average",
            "check_bands", "check_allow", "band_plan", "band_plan_markdown", "log_band_plan", "KINDS"]

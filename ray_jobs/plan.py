@@ -24,6 +24,7 @@ import numpy as np
 from anysat.sensors import get_sensor
 from pipelines import store as st
 from pipelines.datasets import get_dataset
+from pipelines.store_meta import FORMAT_VERSION
 from ray_jobs import normalization as nz
 from ray_jobs.config import DatasetEntry, TrainConfig, store_url
 from ray_jobs.timesteps import real_steps
@@ -118,7 +119,7 @@ class DataPlan:
     n_tiles: int
     tiles_per_shard: int
     provenance: dict[str, Any]
-    format_version: int = st.FORMAT_VERSION
+    format_version: int = FORMAT_VERSION
     """The store's own format version (a version-1 store still trains)."""
 
     @property

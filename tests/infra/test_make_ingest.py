@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra import exit_status
-from pipelines import ingest
+from pipelines import ingest_outcome
 from pipelines.samplegen import corrupt
 from pipelines.samplegen.planted import write_sample
 
@@ -33,7 +33,7 @@ def _make_ingest(raw: Path, out: Path, *extra: str) -> subprocess.CompletedProce
 
 def test_exit_codes_match_the_ingest():
     assert (exit_status.INGEST_OK, exit_status.INGEST_USAGE, exit_status.INGEST_PARTIAL) == (
-        ingest.EXIT_OK, ingest.EXIT_USAGE, ingest.EXIT_QUARANTINED)
+        ingest_outcome.EXIT_OK, ingest_outcome.EXIT_USAGE, ingest_outcome.EXIT_QUARANTINED)
 
 
 def test_describe_every_code(tmp_path):

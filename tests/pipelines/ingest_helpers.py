@@ -9,7 +9,8 @@ import numpy as np
 import zarr
 
 from pipelines.ingest import run_ingest
-from pipelines.store import StoreReader, zarr_store
+from pipelines.storage import zarr_store
+from pipelines.store import StoreReader
 
 PLANTED_MODS = ("s2", "s1", "l7", "alos", "modis")
 

@@ -15,7 +15,8 @@ import pytest
 
 from ingest_helpers import ingest_sample
 from pipelines import samples
-from pipelines.ingest import IngestError, run_ingest
+from pipelines.ingest import run_ingest
+from pipelines.ingest_outcome import IngestError
 from pipelines.sources.base import TileError
 from pipelines.sources.s2naip import S2NaipUrban
 

@@ -18,7 +18,8 @@ import pytest
 
 from pipelines import datasets
 from pipelines.datasets import ENTRY_POINT_GROUP, DatasetSpec, LabelSpec, dataset_names, get_dataset
-from pipelines.ingest import ordered_listing, run_ingest
+from pipelines.ingest import run_ingest
+from pipelines.ingest_plan import ordered_listing
 from pipelines.samplegen import generator_available, get_generator
 from pipelines.store import StoreReader
 

@@ -17,8 +17,8 @@ import zarr
 
 from ingest_helpers import ingest_sample
 from pipelines import footprints, samples
-from pipelines import store as st
 from pipelines.store import StoreReader
+from pipelines.store_meta import check_format
 
 REPO = Path(__file__).resolve().parents[2]
 SEMSEG = REPO / "configs/finetune/pastis-hd-semseg-ft.yaml"
@@ -121,7 +121,7 @@ def test_version_1_store_still_reads_and_plans(pastis_r, tmp_path):
     url = str(tmp_path / "pastis-hd.zarr")
     shutil.copytree(r2.url, url)
     _downgrade_to_v1(url)
-    assert st.check_format(url)
+    assert check_format(url)
     r1 = StoreReader(url)
     assert r1.meta.format_version == 1 and r1.meta.georef is None
     b1, b2 = r1.read(0, len(r1)), r2.read(0, len(r2))

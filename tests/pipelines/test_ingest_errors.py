@@ -13,10 +13,13 @@ import pytest
 import ray.exceptions
 
 from pipelines import ingest as ingest_mod
-from pipelines import store as st
-from pipelines.ingest import IngestError, main, run_ingest
+from pipelines import ingest_passes, ingest_shards
+from pipelines.ingest import main, run_ingest
+from pipelines.ingest_outcome import IngestError, OutputWriteError
 from pipelines.samplegen.planted import write_sample
-from pipelines.store import FORMAT, StoreReader
+from pipelines.storage import write_json
+from pipelines.store import StoreReader
+from pipelines.store_meta import FORMAT, read_meta
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +136,7 @@ def no_listing(monkeypatch):
     """Fail the test if the ingest gets as far as listing the archive (it must check --out first)."""
     def boom(*a, **k):
         raise AssertionError("the archive was listed before --out was checked")
-    monkeypatch.setattr(ingest_mod, "ordered_listing", boom)
+    monkeypatch.setattr(ingest_passes, "ordered_listing", boom)
 
 
 def test_out_is_a_file(tmp_path, raw, capsys, no_listing):
@@ -186,7 +189,7 @@ def test_s3_bucket_missing(raw, s3_server, capsys, no_listing):
 
 # -- a full disk: one line, exit 2, the shard being written is not recorded, a rerun resumes ---------------
 def test_disk_full_is_one_line_and_records_nothing_half(tmp_path, raw, capsys, monkeypatch):
-    real = st.write_block
+    real = ingest_shards.write_block
     calls = {"n": 0}
 
     def full_on_second_shard(root, start, block):
@@ -195,7 +198,7 @@ def test_disk_full_is_one_line_and_records_nothing_half(tmp_path, raw, capsys, m
             raise OSError(errno.ENOSPC, "No space left on device", "/fake/shard")
         return real(root, start, block)
 
-    monkeypatch.setattr(st, "write_block", full_on_second_shard)
+    monkeypatch.setattr(ingest_shards, "write_block", full_on_second_shard)
     out = tmp_path / "out"
     argv = ["--dataset", "planted", "--raw", raw, "--out", str(out), "--tiles-per-shard", "2", "--executor", "local",
             "--no-progress"]
@@ -205,11 +208,11 @@ def test_disk_full_is_one_line_and_records_nothing_half(tmp_path, raw, capsys, m
     url = out / "planted.zarr"
     markers = sorted(p.name for p in (url / "_ingest" / "shards").iterdir())
     assert markers == ["000000.json"]  # shard 1 not recorded as done, no half-written marker
-    assert st.read_meta(str(url)).status == "incomplete"
+    assert read_meta(str(url)).status == "incomplete"
     assert not (out / "planted.zarr.lock").exists()  # the lock is released on errors too
-    monkeypatch.setattr(st, "write_block", real)
+    monkeypatch.setattr(ingest_shards, "write_block", real)
     assert main(argv) == 0  # the rerun resumes and completes
-    assert st.read_meta(str(url)).complete
+    assert read_meta(str(url)).complete
 
 
 def test_disk_full_while_writing_a_marker_leaves_no_marker(tmp_path, monkeypatch):
@@ -218,12 +221,12 @@ def test_disk_full_while_writing_a_marker_leaves_no_marker(tmp_path, monkeypatch
 
     monkeypatch.setattr(local_fs.LocalFileSystem, "mv", full)
     with pytest.raises(OSError):
-        st.write_json(str(tmp_path / "s.zarr"), "_ingest/shards/000001.json", {"x": 1})
+        write_json(str(tmp_path / "s.zarr"), "_ingest/shards/000001.json", {"x": 1})
     assert list((tmp_path / "s.zarr" / "_ingest" / "shards").iterdir()) == []
 
 
 def test_errors_raised_inside_ray_tasks_are_found_in_the_chain():
-    inner = ingest_mod.OutputWriteError("/s.zarr: no space left on device while writing shard 3")
+    inner = OutputWriteError("/s.zarr: no space left on device while writing shard 3")
     wrapped = ray.exceptions.RayTaskError("write", "traceback", inner).as_instanceof_cause()
     try:
         try:
@@ -231,5 +234,5 @@ def test_errors_raised_inside_ray_tasks_are_found_in_the_chain():
         except Exception as e:
             raise RuntimeError("Ray Data execution failed") from e
     except RuntimeError as outer:
-        found = ingest_mod._find_cause(outer, (ingest_mod.OutputWriteError,))
+        found = ingest_mod._find_cause(outer, (OutputWriteError,))
     assert found is not None and "writing shard 3" in str(found)

@@ -12,9 +12,13 @@ import time
 import pytest
 
 from pipelines import store as st
-from pipelines.ingest import IngestError, main, run_ingest
+from pipelines.ingest import main, run_ingest
+from pipelines.ingest_outcome import IngestError
 from pipelines.lock import LockHeld, LockLost, StoreLock, host_identity, lock_url
 from pipelines.samplegen.planted import write_sample
+from pipelines.storage import store_url
+from pipelines.store_layout import StoreLayout
+from pipelines.store_meta import StoreMeta, read_meta
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +136,8 @@ def test_heartbeat_refreshes_and_a_lost_lock_stops_the_writer(tmp_path):
 
 
 def _other_dataset_store(url: str, dataset: str, status: str = "complete") -> None:
-    layout = st.StoreLayout(dataset, 2, 2, {})
-    st.create_store(url, layout, st.StoreMeta.for_layout(layout, task="none", status=status))
+    layout = StoreLayout(dataset, 2, 2, {})
+    st.create_store(url, layout, StoreMeta.for_layout(layout, task="none", status=status))
 
 
 @pytest.mark.parametrize("dataset,expect", [
@@ -152,7 +156,7 @@ def test_a_complete_store_that_is_not_ours_to_resume_is_kept(raw, tmp_path, caps
     # --overwrite replaces it
     assert main(["--dataset", "planted", "--raw", raw, "--out", str(out), "--executor", "local", "--no-progress",
                  "--overwrite"]) == 0
-    assert st.read_meta(url).dataset == "planted"
+    assert read_meta(url).dataset == "planted"
 
 
 def test_half_created_store_of_another_dataset_is_kept(raw, tmp_path, capsys):
@@ -189,7 +193,7 @@ def test_lock_on_s3(s3_server):
 def test_run_ingest_on_s3_refuses_a_held_store(tmp_path, s3_server, raw):
     so = s3_server["storage_options"]
     out = f"s3://{s3_server['bucket']}/held"
-    holder = StoreLock(st.store_url(out, "planted"), so, timeout_s=60, settle_s=0.05)
+    holder = StoreLock(store_url(out, "planted"), so, timeout_s=60, settle_s=0.05)
     holder.acquire()
     try:
         with pytest.raises(IngestError, match="being written by another ingest"):

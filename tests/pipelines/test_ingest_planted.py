@@ -12,11 +12,11 @@ import zarr
 
 from anysat.sensors import get_sensor
 from ingest_helpers import PLANTED_MODS, raw_planted
-from pipelines import store as st
 from pipelines.datasets import PLANTED_CLASSES, get_dataset
 from pipelines.ingest import run_ingest
 from pipelines.samplegen.planted import write_sample
 from pipelines.store import StoreReader
+from pipelines.store_meta import FORMAT, FORMAT_VERSION
 
 TILES, TPS = 40, 16  # 3 shards, the last one partial
 
@@ -67,7 +67,7 @@ def test_shapes_chunks_and_attrs_follow_the_contract(planted):
     root = zarr.open_group(url, mode="r")
     a = dict(root.attrs)
     spec = get_dataset("planted")
-    assert a["format"] == st.FORMAT and a["format_version"] == st.FORMAT_VERSION
+    assert a["format"] == FORMAT and a["format_version"] == FORMAT_VERSION
     assert a["dataset"] == "planted" and a["task"] == "multiclass" and a["classes"] == list(PLANTED_CLASSES)
     assert a["tile_m"] == 120 and a["patch_sizes_m"] == [30] and a["status"] == "complete"
     assert a["n_tiles"] == TILES and a["tiles_per_shard"] == TPS

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipelines.datasets import DATASETS, get_dataset
-from pipelines.ingest import ordered_listing, run_ingest
+from pipelines.ingest import run_ingest
+from pipelines.ingest_plan import ordered_listing
 from pipelines.samplegen import generator_available, get_generator
 from pipelines.store import StoreReader
 

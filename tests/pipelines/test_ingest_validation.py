@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from pipelines.datasets import DatasetSpec, get_dataset
-from pipelines.ingest import TileChecks, check_dates, check_values, main
+from pipelines.ingest import main
 from pipelines.samplegen import corrupt
 from pipelines.samplegen.planted import write_sample
 from pipelines.sources.base import TileError, timestamps_to_days
 from pipelines.store import StoreReader
+from pipelines.tilechecks import TileChecks, check_dates, check_values
 
 DAY_MS = 86_400_000
 

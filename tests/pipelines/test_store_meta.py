@@ -1,4 +1,4 @@
-"""Root attributes through :class:`pipelines.store.StoreMeta`: format version 1 keys, both store kinds."""
+"""Root attributes through :class:`pipelines.store_meta.StoreMeta`: format version 1 keys, both store kinds."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pickle
 import pytest
 
 from pipelines import store as st
+from pipelines.store_layout import SensorLayout, StoreLayout
+from pipelines.store_meta import EmbeddingMeta, StoreFormatError, StoreMeta, read_meta, update_meta
 
 # Root attributes exactly as the ingest wrote them before StoreMeta existed (format_version 1).
 V1_DATASET_ATTRS = {
@@ -35,10 +37,10 @@ V1_DATASET_ATTRS = {
 }
 
 
-def _embedding_store(url: str) -> st.StoreMeta:
-    layout = st.StoreLayout("planted", 3, 2, {"anysat-tile": st.SensorLayout(
+def _embedding_store(url: str) -> StoreMeta:
+    layout = StoreLayout("planted", 3, 2, {"anysat-tile": SensorLayout(
         "anysat-tile", 1, 4, 1, 1, "float32", [f"e{i}" for i in range(4)], 120.0, False)})
-    meta = st.StoreMeta.for_layout(layout, task="multiclass", tile_m=120.0, embedding=st.EmbeddingMeta(
+    meta = StoreMeta.for_layout(layout, task="multiclass", tile_m=120.0, embedding=EmbeddingMeta(
         source_store="/stores/planted.zarr", model="encoder scratch tiny", output="tile", patch_size_m=30.0,
         splits=("test",), sensors=("s2",)))
     st.create_store(url, layout, meta)
@@ -46,7 +48,7 @@ def _embedding_store(url: str) -> st.StoreMeta:
 
 
 def test_v1_dataset_attrs_round_trip_unchanged():
-    meta = st.StoreMeta.from_attrs(copy.deepcopy(V1_DATASET_ATTRS))
+    meta = StoreMeta.from_attrs(copy.deepcopy(V1_DATASET_ATTRS))
     assert meta.to_attrs() == V1_DATASET_ATTRS and list(meta.to_attrs()) == list(V1_DATASET_ATTRS)
     assert meta.sensors["s2"].bands == ("B2", "B3") and meta.sensors["s1"].mask_channels is None
     assert meta.labels["species"].shape == () and meta.n_shards == 3 and meta.complete
@@ -58,7 +60,7 @@ def test_v1_dataset_attrs_round_trip_unchanged():
 def test_embeddings_store_keeps_its_own_keys(tmp_path):
     url = str(tmp_path / "emb.zarr")
     meta = _embedding_store(url)
-    attrs = st.read_meta(url).to_attrs()
+    attrs = read_meta(url).to_attrs()
     assert set(attrs) == {"format", "format_version", "dataset", "task", "labels", "tile_m", "sensors", "n_tiles",
                           "tiles_per_shard", "n_shards", "status", "embedding"}
     assert attrs["sensors"]["anysat-tile"] == {"bands": ["e0", "e1", "e2", "e3"], "resolution_m": 120.0,
@@ -67,19 +69,19 @@ def test_embeddings_store_keeps_its_own_keys(tmp_path):
     with pytest.raises(ValueError, match="not finished"):
         st.StoreReader(url)
     assert st.StoreReader(url, require_complete=False).meta == meta
-    st.update_meta(url, status="complete")
+    update_meta(url, status="complete")
     r = pickle.loads(pickle.dumps(st.StoreReader(url)))
     assert r.meta.embedding.output == "tile" and r.meta.embedding.splits == ("test",)
     assert r.meta.stats is None and r.sensors == ["anysat-tile"] and len(r) == 3 and r.tiles_per_shard == 2
 
 
 def test_meta_must_match_the_layout_and_the_format(tmp_path):
-    layout = st.StoreLayout("x", 4, 2, {})
+    layout = StoreLayout("x", 4, 2, {})
     with pytest.raises(ValueError, match="do not match the layout"):
-        st.create_store(str(tmp_path / "a.zarr"), layout, st.StoreMeta("x", 5, 2, {}))
-    with pytest.raises(st.StoreFormatError, match="format_version 3"):
-        st.StoreMeta.from_attrs({**V1_DATASET_ATTRS, "format_version": 3})
+        st.create_store(str(tmp_path / "a.zarr"), layout, StoreMeta("x", 5, 2, {}))
+    with pytest.raises(StoreFormatError, match="format_version 3"):
+        StoreMeta.from_attrs({**V1_DATASET_ATTRS, "format_version": 3})
     # version 1 (no georeference) stays readable and keeps its version when its attributes are rewritten
-    v1 = st.StoreMeta.from_attrs(copy.deepcopy(V1_DATASET_ATTRS))
+    v1 = StoreMeta.from_attrs(copy.deepcopy(V1_DATASET_ATTRS))
     assert v1.format_version == 1 and v1.georef is None
     assert v1.replace(status="complete").to_attrs()["format_version"] == 1

@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipelines.store import FORMAT_VERSION
+from pipelines.store_meta import FORMAT_VERSION
 from ray_jobs.task import FT_STATE_FILE
 from ray_jobs_helpers import REPO
 

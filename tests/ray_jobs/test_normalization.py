@@ -21,6 +21,7 @@ import pytest
 from pipelines import stats as ps
 from pipelines import store as st
 from pipelines.datasets import get_dataset
+from pipelines.store_meta import update_meta
 from ray_jobs import normalization as nz
 from ray_jobs.config import PretrainConfig, load_config
 from ray_jobs.plan import resolve_plans
@@ -151,7 +152,7 @@ def test_normalization_anysat_pooled_file_and_fallback(sample_stores, tmp_path, 
     # a store ingested before per-sample statistics existed: pooled, with a warning and a band-plan note
     old = tmp_path / "old"
     shutil.copytree(sample_stores / "planted.zarr", old / "planted.zarr")
-    st.update_meta(str(old / "planted.zarr"), sample_stats=None)
+    update_meta(str(old / "planted.zarr"), sample_stats=None)
     with caplog.at_level(logging.WARNING, logger="ray_jobs.normalization"):
         fb = resolve_plans(_cfg(old, "planted", **kw))["planted"]
     assert "falling back to the pooled statistics" in caplog.text

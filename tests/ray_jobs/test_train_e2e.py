@@ -13,7 +13,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipelines.store import FORMAT_VERSION
+from pipelines.store_meta import FORMAT_VERSION
 from ray_jobs import pretrain
 from ray_jobs.batching import step_batch_size
 from ray_jobs.config import load_config, resolve_paths

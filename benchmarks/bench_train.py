@@ -5,8 +5,7 @@ Four measurements, all on the stores the trainer reads (sample stores are built 
 
 1. loader: per dataset, samples/s through the Ray Data stream + collate (one rank, no model) beside
    the one-process decode rate of the same store (plain ``StoreReader.read``), their ratio, the CPU
-   time per sample of every process involved, peak RSS, and the transport floor: the same stream
-   whose read tasks read nothing (:class:`TemplateRead`), i.e. what Ray Data and collate cost alone;
+   time per sample of every process involved, peak RSS;
 2. budget: step-time spread of the tiny JEPA step along the run's schedule, with fixed batch sizes
    and with a token budget (``data.tokens_per_batch``);
 3. model: samples/s of one JEPA training step (forward, backward, AdamW, EMA) per dataset and
@@ -32,7 +31,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import ray
 import torch
@@ -156,52 +154,15 @@ def decode_rate(plan: DataPlan, passes: int) -> tuple[float, float]:
     return n / (time.perf_counter() - t0), (time.process_time() - c0) / n
 
 
-class TemplateRead:
-    """A read task that reads nothing: each work item yields as many tiles as the real read task would,
-    cut from a few tiles of one real block (one gather per column). A stream of these moves blocks of
-    the real size, columns and dtypes, so its CPU per sample is Ray Data's transport + one copy +
-    collate: the floor under any read task on this stream."""
-
-    def __init__(self, template: dict[str, np.ndarray]):
-        self.template = template
-
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        reuse_freed_memory()  # as a real read task's process does
-        n = sum(len(range(int(o), int(b) - int(a), int(s))) - int(k)  # every stored split: no filtering
-                for a, b, o, s, k in zip(rows["start"], rows["stop"], rows["offset"], rows["stride"], rows["skip"]))
-        idx = np.arange(n) % len(self.template["tile"])
-        return {k: v[idx] for k, v in self.template.items()}
-
-
-class FloorStream(StoreStream):
-    """:class:`StoreStream` with :class:`TemplateRead` read tasks."""
-
-    def __init__(self, template: dict[str, np.ndarray], *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.template = template
-
-    def read_fn(self) -> TemplateRead:
-        return TemplateRead(self.template)
-
-
-def template_block(plan: DataPlan, tiles: int = 32) -> dict[str, np.ndarray]:
-    """The first ``tiles`` tiles of the first work item, as its read task yields them."""
-    read = ReadRange(plan, tuple(plan.stored_splits), True, 0, prepare=True)
-    block = read.read_item(stream_items(plan, tuple(plan.stored_splits), True, 0, 1, 0, 0)[0])
-    return {k: np.ascontiguousarray(v[:tiles]) for k, v in block.items()}
-
-
 def stream_rate(plan: DataPlan, seconds: float, read_num_cpus: float, concurrency: int | None,
-                mem: PeakRSS, template: dict[str, np.ndarray] | None = None) -> dict:
+                mem: PeakRSS) -> dict:
     """Samples/s through the training stream + ``collate`` of one rank over every stored split (the
     same tiles the decode pass reads). Timed from the first batch for at least ``seconds`` and two
     passes over the store, so the blocks read ahead during start-up are a small part of the count;
-    ``cpu_s_per_sample``: CPU seconds of this process and the Ray processes it started, per sample.
-    With ``template``: the transport floor (:class:`FloorStream`)."""
+    ``cpu_s_per_sample``: CPU seconds of this process and the Ray processes it started, per sample."""
     splits = tuple(plan.stored_splits)
-    kw = dict(train=True, rank=0, world=1, seed=0, read_num_cpus=read_num_cpus, prefetch_batches=2,
-              read_concurrency=concurrency)
-    st = StoreStream(plan, splits, **kw) if template is None else FloorStream(template, plan, splits, **kw)
+    st = StoreStream(plan, splits, train=True, rank=0, world=1, seed=0, read_num_cpus=read_num_cpus,
+                     prefetch_batches=2, read_concurrency=concurrency)
     it = st.batches(0)
     collate(next(it), plan)  # executor start-up, first read
     time.sleep(0.2)
@@ -276,28 +237,21 @@ def bench_loader(plans: dict[str, DataPlan], seconds: float, read_num_cpus: floa
     for name, plan in plans.items():
         with PeakRSS() as mem:
             r = stream_rate(plan, seconds, read_num_cpus, concurrency, mem)
-        with PeakRSS() as floor_mem:
-            floor = stream_rate(plan, seconds, read_num_cpus, concurrency, floor_mem, template_block(plan))
         decode, decode_cpu = decode_rate(plan, 3)
         parts = cost_breakdown(plan)
         parts["ray_data_us"] = r["cpu_s_per_sample"] * 1e6 - parts["read_task_us"] - parts["collate_us"]
-        parts["floor_us"] = floor["cpu_s_per_sample"] * 1e6  # Ray Data + one copy + collate, nothing read
         out[name] = {"batch_size": plan.batch_size, "tiles": plan.n_tiles, **r,
                      "decode_samples_per_s": decode, "decode_cpu_s_per_sample": decode_cpu,
                      "ratio": r["samples_per_s"] / decode,
                      # load-independent: how many samples/s two cores would give at the measured CPU cost
                      "cpu_ratio_two_cores": 2 * decode_cpu / r["cpu_s_per_sample"],
-                     "floor_samples_per_s": floor["samples_per_s"],
-                     # the best any read task could do on this stream: nothing but decode on top of the floor
-                     "best_cpu_ratio_two_cores": 2 * decode_cpu / (decode_cpu + floor["cpu_s_per_sample"]),
                      "peak_rss_mb": mem.peak_self / 2**20, "peak_rss_tree_mb": mem.peak_tree / 2**20,
                      "peak_private_mb": mem.peak_self_private / 2**20,
                      "peak_private_tree_mb": mem.peak_tree_private / 2**20,
                      "cpu_us_per_sample": parts, "load_avg": os.getloadavg()}
         print(f"loader {name}: stream {r['samples_per_s']:.0f} samples/s, one-process decode {decode:.0f} "
               f"tiles/s, ratio {out[name]['ratio']:.2f} (CPU-time ratio on 2 cores "
-              f"{out[name]['cpu_ratio_two_cores']:.2f}; at best {out[name]['best_cpu_ratio_two_cores']:.2f} over "
-              f"a transport floor of {parts['floor_us']:.0f} µs/sample), load {os.getloadavg()[0]:.1f}", flush=True)
+              f"{out[name]['cpu_ratio_two_cores']:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
     return out
 
 
@@ -421,19 +375,6 @@ def write_md(res: dict, path: Path) -> None:
                     lines.append(f"| {k} | {c['decode_us']:.0f} | {c['read_task_us']:.0f} | {c['collate_us']:.0f} | "
                                  f"{c['ray_data_us']:.0f} | {v['cpu_s_per_sample'] * 1e6:.0f} | "
                                  f"{v['cpu_s_per_sample'] * 1e6 / c['decode_us']:.2f} |")
-            lines.append("")
-        if any("floor_us" in v.get("cpu_us_per_sample", {}) for v in res["loader"].values()):
-            lines += ["The transport floor: the same stream, blocks of the same size, columns and dtypes, but read "
-                      "tasks that read nothing (they copy a few real tiles into each block). Its CPU per sample is "
-                      "what Ray Data, that copy and collate cost with no decode and no preparation; *best CPU "
-                      "ratio* = 2 × decode / (decode + floor), the most any read task could reach on this stream.",
-                      "", "| dataset | decode µs | floor µs | floor samples/s | best CPU ratio (2 cores) | "
-                      "needed for 1.5× |", "|---|---|---|---|---|---|"]
-            for k, v in res["loader"].items():
-                c = v.get("cpu_us_per_sample", {})
-                if "floor_us" in c:
-                    lines.append(f"| {k} | {c['decode_us']:.0f} | {c['floor_us']:.0f} | {v['floor_samples_per_s']:.0f} "
-                                 f"| {v['best_cpu_ratio_two_cores']:.2f} | floor ≤ {c['decode_us'] / 3:.0f} µs |")
             lines.append("")
     if res.get("loader_memory"):
         lines += ["Memory against store size: the PLANTED stream over each store for as long, each in a new "

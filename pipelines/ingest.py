@@ -322,7 +322,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Ray pickles task functions by module; run them from the importable module, not from __main__.
-    from pipelines.ingest import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
+from typing import IO
 
 import mlflow  # noqa: F401  (the shared imports are the point: children inherit them)
 import numpy  # noqa: F401
@@ -58,7 +59,7 @@ def _child(argv: list[str], out_fd: int) -> None:
 def main(argvs: list[list[str]]) -> list[dict]:
     width = max(2, os.cpu_count() or 1)
     results: list[dict] = [{}] * len(argvs)
-    running: dict[int, tuple[int, tempfile._TemporaryFileWrapper]] = {}
+    running: dict[int, tuple[int, IO[bytes]]] = {}
     pending = list(enumerate(argvs))
 
     def reap() -> None:
